@@ -1,0 +1,4 @@
+"""`python -m mnistcli` runs the CLI."""
+from .cli import main
+
+main()

@@ -1,0 +1,127 @@
+"""The `mnistcli` command: parses arguments and calls the library. Imports torch only inside commands."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    help="Train, evaluate and use image classifiers from YAML experiment configs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Call into the library; a user error becomes one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _logging(quiet: bool) -> None:
+    """Library log lines go to stderr; --quiet keeps only warnings."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("mnistcli")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML experiment config, e.g. configs/mnist_cnn.yaml."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Override a config key by dotted path (YAML value); repeatable."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: checkpoints/<config name>]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in the run folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
+) -> None:
+    """Train and validate every epoch; write best.pt, last.pt, config.yaml and metrics.csv."""
+    _logging(quiet)
+    overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
+
+    def work() -> dict[str, Any]:
+        from .training import train as run_train
+
+        return run_train(config, overrides, out, quiet)
+
+    metrics = _run(work)
+    typer.echo(f"best val_acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) -> {metrics['out_dir']}/best.pt")
+
+
+@app.command("eval")
+def eval_(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
+    split: str = typer.Option("test", "--split", help="test | val | train."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the dataset lives (image_folder: the split's folder)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Loss, accuracy and per-class accuracy of a checkpoint on a split of its dataset."""
+    _logging(as_json)
+
+    def work() -> dict[str, Any]:
+        from .evaluation import evaluate_checkpoint
+
+        return evaluate_checkpoint(ckpt, split, data_root, device, progress=not as_json and sys.stderr.isatty())
+
+    res = _run(work)
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    typer.echo(f"{res['dataset']} {res['split']}: accuracy {res['accuracy']:.4f}  loss {res['loss']:.4f}  n {res['n']}")
+    for name, acc in res["per_class"].items():
+        typer.echo(f"  {name:>20}  {acc:.4f}")
+
+
+@app.command()
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...)."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
+    topk: int = typer.Option(3, "--topk", help="How many classes to list per image."),
+    preprocess: str = typer.Option("auto", "--preprocess", help="auto | mnist | none: how images are prepared."),
+    show_input: Optional[Path] = typer.Option(None, "--show-input", help="Save what the network saw, as PNG, here."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
+) -> None:
+    """Predicted class and top-k probabilities for each image, from the checkpoint alone."""
+
+    def work() -> list[dict[str, Any]]:
+        from .prediction import predict_images
+
+        return predict_images(images, ckpt, topk, preprocess, show_input)
+
+    results = _run(work)
+    for res in results:
+        if "error" in res:
+            typer.echo(f"error: {res['error']}", err=True)
+        elif as_json:
+            typer.echo(json.dumps(res))
+        else:
+            top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in res["topk"])
+            typer.echo(f"{res['path']}: {res['label']} (index {res['index']}, p={res['probability']:.3f})  top: {top}")
+    failed = sum("error" in r for r in results)
+    if failed:
+        typer.echo(f"error: {failed} of {len(results)} image(s) could not be predicted", err=True)
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,367 @@
+"""The experiment config: one typed schema; defaults, then the YAML file, then `--set` overrides.
+
+Imports no torch, so that validation errors and `--help` stay fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError, closest
+
+
+@dataclass
+class AugmentConfig:
+    """Training-only random augmentations, applied per sample."""
+
+    rotation: float = 0.0  # degrees: each image turns by a uniform angle in [-rotation, rotation]
+    translate: float = 0.0  # fraction of width/height: uniform shift in [-translate, translate]
+    scale: list[float] | None = None  # [min, max] zoom factor, e.g. [0.9, 1.1]
+    shear: float = 0.0  # degrees, uniform in [-shear, shear]
+    resized_crop: list[float] | None = None  # [min, max] area fraction; None: [0.08, 1] for pretrained presets
+    hflip: bool | None = None  # flip left-right with probability 0.5; None: on for pretrained presets only
+
+
+@dataclass
+class DataConfig:
+    """Which images, how they are split, transformed and batched."""
+
+    name: str = "mnist"  # mnist | fashion_mnist | image_folder | fake
+    root: str = "data"  # where torchvision datasets live (root/MNIST/raw, root/FashionMNIST/raw)
+    download: bool = True  # download mnist/fashion_mnist when missing
+    train_dir: str | None = None  # image_folder: folder of class sub-folders
+    val_dir: str | None = None  # image_folder: validation folder (else val_split of train_dir)
+    test_dir: str | None = None  # image_folder: test folder, used by `eval`
+    val_split: float | int = 0.1  # fraction (< 1) or count (>= 1) of the training set held out
+    batch_size: int = 128  # training images per step
+    eval_batch_size: int = 1000  # images per step in validation and eval
+    image_size: int | None = None  # square side in pixels; None keeps the dataset's size
+    channels: int | None = None  # 1 or 3; None keeps the dataset's own
+    normalize: bool = True  # subtract mean, divide by std
+    mean: list[float] | None = None  # None: the dataset's own statistics
+    std: list[float] | None = None  # None: the dataset's own statistics
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loader: Literal["auto", "memory", "torch"] = "auto"  # memory: whole set as one uint8 tensor
+    memory_limit_mb: int = 2048  # auto uses the memory loader for decoded sets below this size
+    num_workers: int | None = None  # torch loader worker processes; None: from the CPU count
+    pin_memory: bool | None = None  # None: on when training on CUDA
+    persistent_workers: bool = True  # torch loader: keep workers alive between epochs
+    prefetch_factor: int = 2  # torch loader: batches each worker prepares ahead
+    on_bad_file: Literal["skip", "error"] = "skip"  # image_folder: unreadable files
+    fake_size: int = 1000  # fake: number of training images (test gets a quarter)
+    fake_classes: int = 10  # fake: number of classes
+    fake_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # fake: [channels, height, width]
+
+
+@dataclass
+class HeadConfig:
+    """The classifier that replaces a pretrained backbone's own."""
+
+    hidden: list[int] = field(default_factory=list)  # hidden layer sizes between features and classes
+    activation: str = "relu"  # relu | gelu | silu | tanh | leaky_relu
+    dropout: float = 0.0  # before each hidden layer's output
+
+
+@dataclass
+class ModelConfig:
+    """The network: a registry name plus the constructor arguments that name uses."""
+
+    name: str = "cnn"  # mlp | cnn | image_classifier | lenet_tutorial | mlp_tutorial | a backbone (resnet18, ...)
+    hidden: list[int] = field(default_factory=lambda: [128])  # mlp: hidden sizes; cnn: dense layers
+    activation: str = "relu"  # relu | gelu | silu | tanh | leaky_relu
+    dropout: float = 0.0  # before each dense layer
+    log_softmax: bool = False  # output log-probabilities (needed by the nll loss)
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: one conv layer per entry
+    kernel_size: int = 3  # cnn: conv kernel side in pixels
+    padding: int | None = None  # None: kernel_size // 2 ("same")
+    pool: Literal["max", "avg", "none"] = "max"  # cnn: 2x2 pooling kind
+    pool_every: int = 1  # cnn: a 2x2 pooling after every N conv layers
+    batch_norm: bool = True  # cnn: batch norm after each conv
+    conv_dropout: float = 0.0  # cnn: channel dropout after each pooling
+    pretrained: bool = False  # backbones: load torchvision's ImageNet weights
+    weights_path: str | None = None  # backbones: local state_dict file for the pretrained weights
+    freeze: Literal["backbone", "none"] | None = None  # None: backbone when pretrained, else none
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class LossConfig:
+    """The training objective."""
+
+    name: str = "cross_entropy"  # cross_entropy | nll
+    label_smoothing: float = 0.0  # cross_entropy: weight moved from the true class to all classes
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer and its hyper-parameters."""
+
+    name: str = "adamw"  # sgd | adam | adamw | adadelta | rmsprop
+    lr: float = 1e-3  # learning rate (onecycle: its peak)
+    momentum: float = 0.9  # sgd, rmsprop
+    nesterov: bool = False  # sgd
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    backbone_lr: float | None = None  # backbones: lr of the unfrozen backbone (default: lr)
+
+
+@dataclass
+class SchedulerConfig:
+    """How the learning rate changes over training."""
+
+    name: str = "none"  # none | step | cosine | onecycle
+    step_size: int = 1  # step: epochs between decays
+    gamma: float = 0.1  # step: decay factor
+    min_lr: float = 0.0  # cosine: final lr
+    pct_start: float = 0.25  # onecycle: fraction of steps spent warming up to optimizer.lr
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, device and numerics."""
+
+    epochs: int = 10  # passes over the training split
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, off elsewhere
+    channels_last: bool | None = None  # None: on for conv models where measured faster
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    grad_clip: float | None = None  # max gradient norm
+    unfreeze_at_epoch: int | None = None  # backbones: unfreeze from this epoch (1-based)
+    on_nan: Literal["stop", "skip"] = "stop"  # what a non-finite loss does
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes its files."""
+
+    dir: str | None = None  # None: checkpoints/<name>
+    overwrite: bool = False  # allow a new run into a folder holding a finished run
+
+
+@dataclass
+class Config:
+    """A whole experiment."""
+
+    name: str | None = None  # None: the config file's stem
+    seed: int = 0  # seeds torch, numpy, random, the validation split and the data order
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, as saved to config.yaml and in checkpoints."""
+        return dataclasses.asdict(self)
+
+
+# Range checks run after type checks: dotted key -> (test, what is allowed).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "data.val_split": (lambda v: v > 0 and (isinstance(v, int) or v < 1), "a fraction in (0, 1) or a count >= 1"),
+    "data.image_size": (lambda v: v is None or v >= 8, "an integer >= 8"),
+    "data.channels": (lambda v: v in (None, 1, 3), "1 or 3"),
+    "data.num_workers": (lambda v: v is None or v >= 0, "an integer >= 0"),
+    "data.prefetch_factor": (lambda v: v >= 1, "an integer >= 1"),
+    "data.memory_limit_mb": (lambda v: v >= 0, "an integer >= 0"),
+    "data.fake_size": (lambda v: v >= 4, "an integer >= 4"),
+    "data.fake_classes": (lambda v: v >= 2, "an integer >= 2"),
+    "data.fake_shape": (lambda v: len(v) == 3 and v[0] in (1, 3) and min(v[1:]) >= 8, "[1 or 3, height >= 8, width >= 8]"),
+    "model.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "model.conv_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "model.head.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "model.kernel_size": (lambda v: v >= 1, "an integer >= 1"),
+    "model.pool_every": (lambda v: v >= 1, "an integer >= 1"),
+    "loss.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.lr": (lambda v: v > 0, "a number > 0"),
+    "optimizer.backbone_lr": (lambda v: v is None or v > 0, "a number > 0"),
+    "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "optimizer.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "scheduler.step_size": (lambda v: v >= 1, "an integer >= 1"),
+    "scheduler.gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "scheduler.pct_start": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.grad_clip": (lambda v: v is None or v > 0, "a number > 0"),
+    "train.unfreeze_at_epoch": (lambda v: v is None or v >= 1, "an integer >= 1"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    """Describe a schema type for error messages."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, value) where value is converted to the schema type if it fits."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if isinstance(value, int) and not isinstance(value, bool) and int in args:
+            return True, value  # in `float | int` an integer stays a count
+        for arg in args:
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if origin is Literal:
+        return value in get_args(tp), value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_coerce(v, get_args(tp)[0]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    return False, value
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping of keys, got {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(
+                f"{source}: unknown key '{dotted}'{closest(str(key), names)}; "
+                f"allowed in '{prefix.rstrip('.') or 'config'}': {', '.join(names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{dotted}.", source)
+            continue
+        ok, coerced = _coerce(value, tp)
+        if not ok:
+            if value is None:
+                raise ConfigError(f"{source}: missing value for '{dotted}'; expected {_type_name(tp)}")
+            raise ConfigError(f"{source}: '{dotted}' must be {_type_name(tp)}, got {value!r}")
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: Config, source: str) -> None:
+    """Reject values of the right type but outside what makes sense."""
+    for dotted, (test, allowed) in _RANGES.items():
+        value = get_value(cfg, dotted)
+        if value is not None and not test(value):
+            raise ConfigError(f"{source}: '{dotted}' must be {allowed}, got {value!r}")
+    if cfg.data.name == "image_folder" and not cfg.data.train_dir:
+        raise ConfigError(f"{source}: missing value for 'data.train_dir'; data.name 'image_folder' needs a folder")
+    for key in ("mean", "std"):
+        value = getattr(cfg.data, key)
+        if value is not None and not value:
+            raise ConfigError(f"{source}: 'data.{key}' must be a non-empty list of numbers")
+    if cfg.data.std and min(cfg.data.std) <= 0:
+        raise ConfigError(f"{source}: 'data.std' must hold numbers > 0, got {cfg.data.std!r}")
+    for key in ("scale", "resized_crop"):
+        value = getattr(cfg.data.augment, key)
+        if value is not None and (len(value) != 2 or not 0 < value[0] <= value[1]):
+            raise ConfigError(f"{source}: 'data.augment.{key}' must be [min, max] with 0 < min <= max, got {value!r}")
+
+
+def get_value(cfg: Any, dotted: str) -> Any:
+    """Read a dotted key from a config object."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def parse_override(expr: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into the key path and its YAML-typed value."""
+    key, sep, raw = expr.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"--set '{expr}': expected KEY=VALUE with a dotted key, e.g. optimizer.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"--set '{expr}': the value is {mark}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each `a.b=value` into a nested dict (validated later, with the rest)."""
+    for expr in overrides:
+        path, value = parse_override(expr)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file; missing files and syntax errors become one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | Config | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Resolve defaults, then a YAML file or dict, then `a.b=value` overrides, into a validated Config."""
+    if isinstance(source, Config):
+        source = source.to_dict()
+    if source is None or isinstance(source, dict):
+        data, where, stem = dict(source or {}), "config", "experiment"
+    else:
+        data, where, stem = read_yaml(source), str(source), Path(source).stem
+    data = apply_overrides(data, list(overrides or []))
+    cfg = _build(Config, data, "", where)
+    if cfg.name is None:
+        cfg.name = stem
+    _check_ranges(cfg, where)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

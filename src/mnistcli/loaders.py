@@ -1,0 +1,165 @@
+"""Batches for the loop: the whole uint8 set held on the device, or torch's DataLoader for folders and large sets.
+
+Either way a loader yields uint8 (N, C, H, W) batches; `DeviceBatches` moves them to the device and applies the
+batch transform (augmentation, normalization) there.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .config import Config
+from .datasets import check_same_classes, load_split, native_shape
+from .errors import UserError
+from .presets import BatchTransform, SampleTransform
+
+Tensors = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 targets (N,)
+IDX_DATASETS = ("mnist", "fashion_mnist")
+
+
+class MemoryLoader:
+    """Batches by index from tensors kept on the device; shuffled by a seeded CPU generator."""
+
+    def __init__(self, data: Tensors, batch_size: int, shuffle: bool, seed: int, device: torch.device) -> None:
+        self.images, self.targets = data[0].to(device), data[1].to(device)
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        # A final batch of one sample breaks batch norm in training, so it is dropped there.
+        self.drop_last = shuffle and len(self.targets) % batch_size == 1
+
+    def __len__(self) -> int:
+        n = len(self.targets)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensors]:
+        n = len(self.targets)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.images[idx], self.targets[idx]
+
+
+class DeviceBatches:
+    """Wraps a loader: moves each uint8 batch to the device and turns it into normalized float input."""
+
+    def __init__(self, loader: Any, transform: BatchTransform, device: torch.device, seed: int) -> None:
+        self.loader, self.transform, self.device = loader, transform, device
+        self.generator = torch.Generator().manual_seed(seed + 1)  # augmentation draws, separate from order
+        self.dataset_size = len(loader.targets) if isinstance(loader, MemoryLoader) else len(loader.dataset)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Tensors]:
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)  # non_blocking pays off with pinned memory on CUDA
+            y = y.to(self.device, non_blocking=True)
+            yield self.transform(x, self.generator), y
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """RNG states that fix the data order and augmentation (for exact resume)."""
+        return {"order": self.loader.generator.get_state(), "augment": self.generator.get_state()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `state` returned."""
+        self.loader.generator.set_state(state["order"])
+        self.generator.set_state(state["augment"])
+
+
+def use_memory(cfg: Config, spec: dict[str, Any]) -> bool:
+    """Whether the in-memory path applies: forced by data.loader, or auto for small fixed-size sets."""
+    if cfg.data.loader != "auto":
+        return cfg.data.loader == "memory"
+    if cfg.data.name == "image_folder":
+        return False  # folders are decoded per sample by DataLoader workers
+    channels, side = native_shape(cfg.data)
+    n = 70_000 if cfg.data.name in IDX_DATASETS else cfg.data.fake_size
+    return n * channels * (side or spec["size"][0]) ** 2 <= cfg.data.memory_limit_mb * 2**20
+
+
+def _to_tensors(ds: Any) -> Tensors:
+    """Decode a whole dataset into one uint8 tensor (IDX datasets are already one)."""
+    if isinstance(getattr(ds, "data", None), torch.Tensor):
+        return ds.data.unsqueeze(1), torch.as_tensor(ds.targets, dtype=torch.int64)
+    images, targets = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(images), torch.as_tensor(targets, dtype=torch.int64)
+
+
+def _open(cfg: Config, spec: dict[str, Any], split: str, memory: bool) -> tuple[Any, list[str]]:
+    """Open one split as tensors (memory) or as a dataset yielding uint8 samples."""
+    transform = None if memory and cfg.data.name in IDX_DATASETS else SampleTransform(spec)
+    ds = load_split(cfg.data, split, transform)
+    return (_to_tensors(ds) if memory else ds), list(ds.classes)
+
+
+def _take(src: Any, idx: torch.Tensor) -> Any:
+    """Select samples by index from tensors or a dataset."""
+    if isinstance(src, tuple):
+        return src[0][idx], src[1][idx]
+    return Subset(src, idx.tolist())
+
+
+def split_indices(n: int, val_split: float | int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train, val) index split of n samples; val_split is a fraction (< 1) or a count."""
+    n_val = val_split if isinstance(val_split, int) else round(n * val_split)
+    if not 0 < n_val < n:
+        raise UserError(f"data.val_split {val_split} leaves {n - n_val} training and {n_val} validation samples of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:], order[:n_val]
+
+
+def open_splits(
+    cfg: Config, spec: dict[str, Any], names: list[str], classes: list[str] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """Open the named splits ('train', 'val', 'test'); val comes from val_dir or a seeded split of train."""
+    memory = use_memory(cfg, spec)
+    parts: dict[str, Any] = {}
+    if {"train", "val"} & set(names):
+        pool, classes = _open(cfg, spec, "train", memory)
+        if cfg.data.val_dir:
+            parts["train"] = pool
+            parts["val"], val_classes = _open(cfg, spec, "val", memory)
+            check_same_classes(classes, val_classes, "val")
+        else:
+            n = len(pool[1]) if isinstance(pool, tuple) else len(pool)
+            train_idx, val_idx = split_indices(n, cfg.data.val_split, cfg.seed)
+            parts["train"], parts["val"] = _take(pool, train_idx), _take(pool, val_idx)
+    if "test" in names:
+        parts["test"], test_classes = _open(cfg, spec, "test", memory)
+        if classes is not None:
+            check_same_classes(classes, test_classes, "test")
+        classes = classes or test_classes
+    return {k: parts[k] for k in names}, list(classes or [])
+
+
+def make_batches(
+    src: Any, cfg: Config, spec: dict[str, Any], device: torch.device, train: bool, channels_last: bool = False
+) -> DeviceBatches:
+    """Wrap one opened split into device batches: shuffled and augmented when `train`."""
+    batch = cfg.data.batch_size if train else cfg.data.eval_batch_size
+    if isinstance(src, tuple):
+        loader: Any = MemoryLoader(src, batch, train, cfg.seed, device)
+    else:
+        workers = cfg.data.num_workers
+        if workers is None:  # leave one core to the training process itself
+            workers = min(8, max(0, (os.cpu_count() or 1) - 1))
+        loader = DataLoader(
+            src,
+            batch_size=batch,
+            shuffle=train,
+            drop_last=train and len(src) % batch == 1,
+            num_workers=workers,
+            pin_memory=cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda",
+            persistent_workers=cfg.data.persistent_workers and workers > 0,
+            prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+    transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
+    return DeviceBatches(loader, transform, device, cfg.seed)
+

@@ -1,0 +1,60 @@
+"""The process-wide setup of a run: device, seeds and numerics, resolved once and passed in."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; a named device that is missing is a clear error."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device '{name}' is not a device name; allowed: auto, cpu, cuda, cuda:N, mps") from None
+    here = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if has_mps else [])
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index or 0) >= count:
+            raise UserError(f"train.device '{name}' is not available on this machine ({count} CUDA device(s)); available: {', '.join(here)}")
+    elif device.type == "mps" and not has_mps:
+        raise UserError(f"train.device 'mps' is not available on this machine; available: {', '.join(here)}")
+    elif device.type != "cpu":
+        raise UserError(f"train.device '{name}' is not supported; allowed: auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed torch, numpy and random; optionally insist on deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.amp`: auto means bf16 (or fp16) on CUDA and full precision elsewhere."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def fast_math(device: torch.device, deterministic: bool) -> None:
+    """TF32 matmuls and cuDNN autotuning on CUDA: the same accuracy class as AMP, much faster."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not deterministic
