@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import logging
 import sys
 from collections.abc import Callable
@@ -50,6 +51,10 @@ def train(
         None, "--set", metavar="KEY=VALUE", help="Override a config key by dotted path (YAML value); repeatable."
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: checkpoints/<config name>]."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", metavar="[PATH]",
+        help="Continue from a checkpoint; alone (or 'last'): the run folder's newest interrupted.pt or last.pt.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in the run folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ) -> None:
@@ -58,9 +63,15 @@ def train(
     overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
 
     def work() -> dict[str, Any]:
-        from .training import train as run_train
+        from .training import TrainingInterrupted, train as run_train
 
-        return run_train(config, overrides, out, quiet)
+        try:
+            return run_train(config, overrides, out, quiet, resume)
+        except TrainingInterrupted as stop:
+            again = shlex.join(["mnistcli", "train", str(config), *(a for o in set_ or [] for a in ("--set", o)),
+                              *(["--out", str(out)] if out else []), "--resume", str(stop.checkpoint)])
+            typer.echo(f"interrupted: wrote {stop.checkpoint}; resume with: {again}", err=True)
+            raise typer.Exit(130) from None
 
     metrics = _run(work)
     typer.echo(f"best val_acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) -> {metrics['out_dir']}/best.pt")
@@ -122,6 +133,16 @@ def predict(
         raise typer.Exit(2)
 
 
+def _bare_resume(args: list[str]) -> list[str]:
+    """Let `--resume` stand alone: with no value after it, it means the run's own latest checkpoint."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, "last")
+            break
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    app(args=_bare_resume(sys.argv[1:]), prog_name="mnistcli")

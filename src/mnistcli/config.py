@@ -4,6 +4,7 @@ Imports no torch, so that validation errors and `--help` stay fast.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 from dataclasses import dataclass, field
@@ -351,7 +352,7 @@ def load_config(
     if isinstance(source, Config):
         source = source.to_dict()
     if source is None or isinstance(source, dict):
-        data, where, stem = dict(source or {}), "config", "experiment"
+        data, where, stem = copy.deepcopy(source or {}), "config", "experiment"  # overrides must not touch the caller's dict
     else:
         data, where, stem = read_yaml(source), str(source), Path(source).stem
     data = apply_overrides(data, list(overrides or []))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ class StepSetup:
     amp_dtype: torch.dtype | None = None
     grad_clip: float | None = None
     on_nan: str = "stop"
-    skipped: list[int] = field(default_factory=list)  # batches skipped for a non-finite loss
+    skipped: list[str] = field(default_factory=list)  # "epoch/batch" of batches skipped for a non-finite loss
+    stop: threading.Event = field(default_factory=threading.Event)  # set by SIGINT/SIGTERM: stop after this step
 
 
 def show_progress(quiet: bool) -> bool:
@@ -43,53 +45,73 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 
 
 def train_one_epoch(
-    model: nn.Module, batches: Iterable, setup: StepSetup, device: torch.device, epoch: int, progress: bool = False
-) -> dict[str, float]:
-    """Train for one pass over `batches`; returns mean loss and accuracy over the samples seen."""
+    model: nn.Module,
+    batches: Iterable,
+    setup: StepSetup,
+    device: torch.device,
+    epoch: int,
+    progress: bool = False,
+    partial: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one pass over `batches` (continuing `partial` sums after a resume); stops early when setup.stop is set."""
     model.train()
     from .backbones import BackboneClassifier, freeze_batchnorm_stats
 
     if isinstance(model, BackboneClassifier):
         freeze_batchnorm_stats(model)  # a frozen backbone's running statistics must not drift
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    done = dict(partial or {"loss_sum": 0.0, "correct": 0, "seen": 0, "batches": 0})
+    loss_sum = torch.tensor(done["loss_sum"], dtype=torch.float64, device=device)
+    correct = torch.tensor(done["correct"], dtype=torch.int64, device=device)
+    seen, step, stopped = done["seen"], done["batches"], False
     bar = tqdm(batches, desc=f"epoch {epoch} train", leave=False, disable=not progress, dynamic_ncols=True)
-    for step, (x, y) in enumerate(bar, start=1):
-        with _autocast(device, setup.amp_dtype):
-            out = model(x)
-            loss = setup.loss_fn(out, y)
-        if not torch.isfinite(loss):
-            if setup.on_nan == "stop":
-                raise UserError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {step}: training stopped; "
-                    "lower optimizer.lr, set train.grad_clip, or train.on_nan: skip"
-                )
-            setup.skipped.append(step)
-            setup.optimizer.zero_grad(set_to_none=True)
-            continue
-        setup.optimizer.zero_grad(set_to_none=True)
-        if setup.scaler is not None:
-            setup.scaler.scale(loss).backward()
-            setup.scaler.unscale_(setup.optimizer)
-        else:
-            loss.backward()
-        if setup.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
-        if setup.scaler is not None:
-            setup.scaler.step(setup.optimizer)
-            setup.scaler.update()
-        else:
-            setup.optimizer.step()
-        if setup.scheduler is not None:
-            setup.scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        seen += len(y)
-        if progress and (step % 20 == 0 or step == len(bar)):  # .item() syncs the device: only when shown
+    for x, y in bar:
+        step += 1
+        loss, out = _step(model, x, y, setup, epoch, step)
+        if loss is not None:
+            loss_sum += loss.detach().double() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+        if progress and seen and step % 20 == 0:  # .item() syncs the device: only when shown
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-    seen = max(seen, 1)
-    return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen, "n": seen}
+        if setup.stop.is_set():
+            stopped = True
+            break
+    sums = {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen, "batches": step}
+    return {"loss": sums["loss_sum"] / max(seen, 1), "accuracy": sums["correct"] / max(seen, 1), "n": seen,
+            "stopped": stopped, "partial": sums}
+
+
+def _step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, setup: StepSetup, epoch: int, step: int
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One optimizer step; returns (loss, output), or (None, output) for a skipped non-finite batch."""
+    with _autocast(x.device, setup.amp_dtype):
+        out = model(x)
+        loss = setup.loss_fn(out, y)
+    if not torch.isfinite(loss):
+        if setup.on_nan == "stop":
+            raise UserError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {step}: training stopped, the last good "
+                "checkpoint is kept; lower optimizer.lr, set train.grad_clip, or set train.on_nan: skip"
+            )
+        setup.skipped.append(f"{epoch}/{step}")
+        return None, out
+    setup.optimizer.zero_grad(set_to_none=True)
+    if setup.scaler is not None:
+        setup.scaler.scale(loss).backward()
+        setup.scaler.unscale_(setup.optimizer)  # clip true gradients, not scaled ones
+    else:
+        loss.backward()
+    if setup.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
+    if setup.scaler is not None:
+        setup.scaler.step(setup.optimizer)
+        setup.scaler.update()
+    else:
+        setup.optimizer.step()
+    if setup.scheduler is not None:
+        setup.scheduler.step()
+    return loss, out
 
 
 @torch.inference_mode()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from .config import Config
 from .datasets import check_same_classes, load_split, native_shape
@@ -22,25 +23,42 @@ Tensors = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 
 IDX_DATASETS = ("mnist", "fashion_mnist")
 
 
-class MemoryLoader:
-    """Batches by index from tensors kept on the device; shuffled by a seeded CPU generator."""
+class EpochOrder(Sampler[int]):
+    """Sample indices in a seeded random (or natural) order; can start part-way through, to resume mid-epoch."""
 
-    def __init__(self, data: Tensors, batch_size: int, shuffle: bool, seed: int, device: torch.device) -> None:
-        self.images, self.targets = data[0].to(device), data[1].to(device)
-        self.batch_size, self.shuffle = batch_size, shuffle
+    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+        self.n, self.shuffle = n, shuffle
         self.generator = torch.Generator().manual_seed(seed)
-        # A final batch of one sample breaks batch norm in training, so it is dropped there.
-        self.drop_last = shuffle and len(self.targets) % batch_size == 1
+        self.skip = 0  # samples of the next epoch already consumed before an interruption
 
     def __len__(self) -> int:
-        n = len(self.targets)
+        return self.n - self.skip
+
+    def indices(self) -> torch.Tensor:
+        """This epoch's order, minus the skipped start; advances the generator once per epoch."""
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        start, self.skip = self.skip, 0
+        return order[start:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+
+class MemoryLoader:
+    """Batches by index from tensors kept on the device."""
+
+    def __init__(self, data: Tensors, batch_size: int, order: EpochOrder, drop_last: bool) -> None:
+        self.images, self.targets = data
+        self.batch_size, self.sampler, self.drop_last = batch_size, order, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensors]:
-        n = len(self.targets)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.images.device)
-        for i in range(len(self)):
+        count = len(self)
+        order = self.sampler.indices().to(self.images.device)
+        for i in range(count):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.images[idx], self.targets[idx]
 
@@ -50,8 +68,9 @@ class DeviceBatches:
 
     def __init__(self, loader: Any, transform: BatchTransform, device: torch.device, seed: int) -> None:
         self.loader, self.transform, self.device = loader, transform, device
+        self.order: EpochOrder = loader.sampler
         self.generator = torch.Generator().manual_seed(seed + 1)  # augmentation draws, separate from order
-        self.dataset_size = len(loader.targets) if isinstance(loader, MemoryLoader) else len(loader.dataset)
+        self.dataset_size = self.order.n
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -64,12 +83,18 @@ class DeviceBatches:
 
     def state(self) -> dict[str, torch.Tensor]:
         """RNG states that fix the data order and augmentation (for exact resume)."""
-        return {"order": self.loader.generator.get_state(), "augment": self.generator.get_state()}
+        return {"order": self.order.generator.get_state(), "augment": self.generator.get_state()}
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what `state` returned."""
-        self.loader.generator.set_state(state["order"])
+    def load_state(self, state: dict[str, torch.Tensor], skip_batches: int = 0) -> None:
+        """Restore what `state` returned; the next epoch then starts after `skip_batches` batches."""
+        self.order.generator.set_state(state["order"])
         self.generator.set_state(state["augment"])
+        self.order.skip = skip_batches * self.loader.batch_size
+
+
+def _quiet_worker(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops cleanly between steps."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def use_memory(cfg: Config, spec: dict[str, Any]) -> bool:
@@ -143,8 +168,11 @@ def make_batches(
 ) -> DeviceBatches:
     """Wrap one opened split into device batches: shuffled and augmented when `train`."""
     batch = cfg.data.batch_size if train else cfg.data.eval_batch_size
+    n = len(src[1]) if isinstance(src, tuple) else len(src)
+    order = EpochOrder(n, shuffle=train, seed=cfg.seed)
+    drop_last = train and n % batch == 1  # a final batch of one sample breaks batch norm in training
     if isinstance(src, tuple):
-        loader: Any = MemoryLoader(src, batch, train, cfg.seed, device)
+        loader: Any = MemoryLoader((src[0].to(device), src[1].to(device)), batch, order, drop_last)
     else:
         workers = cfg.data.num_workers
         if workers is None:  # leave one core to the training process itself
@@ -152,13 +180,13 @@ def make_batches(
         loader = DataLoader(
             src,
             batch_size=batch,
-            shuffle=train,
-            drop_last=train and len(src) % batch == 1,
+            sampler=order,
+            drop_last=drop_last,
             num_workers=workers,
             pin_memory=cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda",
             persistent_workers=cfg.data.persistent_workers and workers > 0,
             prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
-            generator=torch.Generator().manual_seed(cfg.seed),
+            worker_init_fn=_quiet_worker,
         )
     transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
     return DeviceBatches(loader, transform, device, cfg.seed)

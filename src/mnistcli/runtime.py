@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,3 +60,24 @@ def fast_math(device: torch.device, deterministic: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = not deterministic
+
+
+def _git_commit() -> str | None:
+    """The commit of the source tree mnistcli runs from, when it is a git checkout."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def run_versions(device: torch.device) -> dict[str, str | None]:
+    """Software, commit and device that produced a run, recorded in checkpoints for reproducibility."""
+    import torchvision
+
+    from . import __version__
+
+    # str(): torch.__version__ is a str subclass that a weights_only load would refuse as a foreign class.
+    return {"mnistcli": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "device": str(device), "git_commit": _git_commit()}

@@ -1,0 +1,209 @@
+"""Image files -> the exact tensor a trained network expects (used by `predict` and the training loaders).
+
+Imports only PIL, numpy and torch: torchvision costs seconds to import and predict's cold start must stay small.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError, closest
+
+MODES = ("auto", "mnist", "none")
+MNIST_FAMILY = ("mnist", "fashion_mnist")
+CROP_RATIO = 224 / 256  # pretrained eval preset: resize shorter side to size / ratio, then centre-crop size
+CANVAS = 28  # MNIST's canvas side, in pixels
+DIGIT_BOX = 20  # MNIST digits were fitted into a 20x20 box inside the 28x28 canvas
+INK_THRESHOLD = 0.25  # fraction of the ink's peak below which a pixel counts as background (paper texture)
+MIN_CONTRAST = 16  # gray levels between background and darkest ink; less than this is a blank image
+MAX_SIDE = 2048  # larger photos are shrunk first: detail beyond this is lost at 20 px anyway, memory is not
+BILINEAR = Image.Resampling.BILINEAR  # PIL's resize antialiases when downscaling (filter support grows with scale)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image (EXIF rotation applied); any failure is a one-line UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: not found")
+    if p.is_dir():
+        raise UserError(f"{path}: is a directory, not an image file")
+    try:
+        with Image.open(p) as img:
+            img.load()  # decode now, so truncated files fail here rather than mid-batch
+            return ImageOps.exif_transpose(img)  # a copy, upright as image viewers show it
+    except PermissionError:
+        raise UserError(f"{path}: cannot read (permission denied)") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"{path}: image too large ({exc})") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{path}: not an image file or corrupt ({reason})") from None
+
+
+def mode_for(spec: dict[str, Any], requested: str) -> str:
+    """Resolve --preprocess: 'auto' is 'mnist' for MNIST-family checkpoints, 'none' otherwise."""
+    if requested not in MODES:
+        raise UserError(f"unknown --preprocess '{requested}'{closest(requested, MODES)}; allowed: {', '.join(MODES)}")
+    if requested == "auto":
+        return "mnist" if spec.get("dataset") in MNIST_FAMILY else "none"
+    return requested
+
+
+def _wide_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grayscale -> 8-bit 'L', scaled rather than clipped."""
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16"):
+        arr = arr / 257  # 0..65535 -> 0..255
+    elif img.mode == "I" and arr.size and arr.max() > 255:
+        arr = arr / 257  # older Pillow opens 16-bit PNGs as 'I'
+    elif img.mode == "F" and arr.size and arr.max() <= 1.0:
+        arr = arr * 255  # float images in [0, 1]
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+
+
+def convert(img: Image.Image, channels: int) -> Image.Image:
+    """'L' for 1 channel, 'RGB' for 3; transparency is composited onto white (drawings on transparent PNGs)."""
+    target = "L" if channels == 1 else "RGB"
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _wide_to_l(img)
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert(target)
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL 'L'/'RGB' image -> uint8 tensor (C, H, W)."""
+    arr = np.array(img, dtype=np.uint8)  # a writable copy, so torch does not warn
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _center_crop(img: Image.Image, h: int, w: int) -> Image.Image:
+    """Central h x w region, offsets rounded as torchvision's CenterCrop does."""
+    top = int(round((img.height - h) / 2.0))
+    left = int(round((img.width - w) / 2.0))
+    return img.crop((left, top, left + w, top + h))
+
+
+def fit_pixels(img: Image.Image, channels: int, size: list[int] | tuple[int, int], crop: bool = False) -> torch.Tensor:
+    """Convert channels, then stretch to size [H, W], or (crop) resize to cover it and centre-crop; uint8 (C, H, W)."""
+    h, w = int(size[0]), int(size[1])
+    img = convert(img, channels)
+    if crop:
+        scale = max(h / img.height, w / img.width)  # the shorter side (relative to the target) fits exactly
+        new = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
+        if new != img.size:
+            img = img.resize(new, BILINEAR)
+        img = _center_crop(img, h, w)
+    elif img.size != (w, h):
+        img = img.resize((w, h), BILINEAR)
+    return _to_tensor(img)
+
+
+def _resize_tensor(pixels: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """uint8 (C, h, w) -> uint8 (C, H, W), bilinear antialiased as the training batch transform does."""
+    h, w = int(size[0]), int(size[1])
+    if tuple(pixels.shape[1:]) == (h, w):
+        return pixels
+    x = F.interpolate(pixels[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def _crop_pixels(img: Image.Image, spec: dict[str, Any]) -> torch.Tensor:
+    """Pretrained eval preset: shorter side to round(H * 256/224), centre crop H x W (as training stored then cropped)."""
+    h, w = spec["size"]
+    side = round(h / CROP_RATIO)
+    stored = fit_pixels(img, spec["channels"], [side, side], crop=True)  # what the training loader stores
+    inner = round(side * CROP_RATIO)  # == H for every H; training crops this central square, then resizes to H x W
+    top = int(round((side - inner) / 2.0))
+    return _resize_tensor(stored[:, top : top + inner, top : top + inner].contiguous(), [h, w])
+
+
+def _frame(arr: np.ndarray) -> np.ndarray:
+    """The outer border pixels (a frame ~2% of the shorter side wide, at least 1 px)."""
+    k = max(1, min(arr.shape) // 50)
+    return np.concatenate([arr[:k].ravel(), arr[-k:].ravel(), arr[:, :k].ravel(), arr[:, -k:].ravel()])
+
+
+def _mnist_canvas(img: Image.Image, fashion: bool) -> np.ndarray:
+    """MNIST's recipe: light ink on black, cropped, fitted to 20x20 (28x28 for fashion) and centred on a 28x28 canvas."""
+    gray = convert(img, 1)
+    if max(gray.size) > MAX_SIDE:
+        scale = MAX_SIDE / max(gray.size)
+        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), BILINEAR)
+    arr = np.asarray(gray, dtype=np.float32)
+    if np.median(_frame(arr)) > 127:  # light background: dark ink on paper, invert to MNIST's light-on-black
+        arr = 255 - arr
+    background = float(np.median(_frame(arr)))
+    peak = float(arr.max())
+    if peak - background < MIN_CONTRAST:  # no ink at all: the plain resized image, nothing to centre
+        blank = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).resize((CANVAS, CANVAS), BILINEAR)
+        return np.array(blank, dtype=np.uint8)  # writable, for torch.from_numpy
+    # Stretch so the background is 0 and the strongest ink 1, then drop faint texture/shadow below the threshold.
+    ink = np.clip((arr - background) / (peak - background), 0, 1)
+    ink[ink < INK_THRESHOLD] = 0
+    rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    box = CANVAS if fashion else DIGIT_BOX
+    scale = box / max(ink.shape)
+    new_w, new_h = max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale))
+    shrunk = Image.fromarray(np.ascontiguousarray(ink, dtype=np.float32)).resize((new_w, new_h), BILINEAR)  # mode F
+    digit = np.asarray(shrunk, dtype=np.float32)
+    digit = np.clip(digit, 0, None)
+    digit = digit / max(float(digit.max()), 1e-6)  # MNIST digits peak at 255; thin pen strokes fade when shrunk
+    if fashion:  # Fashion-MNIST products are centred geometrically
+        top, left = (CANVAS - new_h) // 2, (CANVAS - new_w) // 2
+    else:  # MNIST centred the centre of mass (pixel-index coordinates) at (14, 14)
+        ys, xs = np.indices(digit.shape)
+        mass = float(digit.sum())
+        cy, cx = float((ys * digit).sum()) / mass, float((xs * digit).sum()) / mass
+        top = min(max(int(np.floor(CANVAS / 2 - cy + 0.5)), 0), CANVAS - new_h)  # clipped: the digit stays in frame
+        left = min(max(int(np.floor(CANVAS / 2 - cx + 0.5)), 0), CANVAS - new_w)
+    canvas = np.zeros((CANVAS, CANVAS), dtype=np.float32)
+    canvas[top : top + new_h, left : left + new_w] = digit
+    return np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
+
+
+def prepare_pixels(img: Image.Image, spec: dict[str, Any], mode: str) -> torch.Tensor:
+    """uint8 (C, H, W): what the network sees before normalization, per spec and mode ('mnist' or 'none')."""
+    if mode == "mnist":
+        canvas = torch.from_numpy(_mnist_canvas(img, spec.get("dataset") == "fashion_mnist"))[None]
+        return _resize_tensor(canvas.repeat(spec["channels"], 1, 1), spec["size"])
+    if mode != "none":
+        raise UserError(f"unknown preprocess mode '{mode}'; allowed: mnist, none")
+    if spec.get("resize") == "crop":
+        return _crop_pixels(img, spec)
+    return fit_pixels(img, spec["channels"], spec["size"])
+
+
+def normalize(pixels: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1], then (x - mean) / std per channel when spec['normalize']."""
+    x = pixels.to(torch.float32) / 255
+    if spec.get("normalize"):
+        mean = torch.tensor(spec["mean"], dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(spec["std"], dtype=torch.float32).view(-1, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+def prepare(img: Image.Image, spec: dict[str, Any], mode: str) -> torch.Tensor:
+    """The network-ready float tensor (C, H, W)."""
+    return normalize(prepare_pixels(img, spec, mode), spec)
+
+
+def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:
+    """Write a uint8 (C, H, W) tensor as a PNG ('L' for 1 channel, 'RGB' for 3)."""
+    arr = pixels.detach().cpu().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))  # uint8 -> L / RGB
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
