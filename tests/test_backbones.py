@@ -36,9 +36,10 @@ def random_resnet18_state(seed: int = 123) -> dict[str, torch.Tensor]:
     state = torchvision.models.resnet18(weights=None).state_dict()
     out = {}
     for key, value in state.items():
-        if value.is_floating_point():
-            rand = torch.rand(value.shape, generator=gen) + 0.5 if "running_var" in key else torch.randn(value.shape, generator=gen)
-            out[key] = rand
+        if "running_var" in key:  # variances must stay positive
+            out[key] = torch.rand(value.shape, generator=gen) + 0.5
+        elif value.is_floating_point():
+            out[key] = torch.randn(value.shape, generator=gen)
         else:  # num_batches_tracked
             out[key] = torch.randint(1, 1000, value.shape, generator=gen)
     return out

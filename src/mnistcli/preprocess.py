@@ -20,7 +20,8 @@ CROP_RATIO = 224 / 256  # pretrained eval preset: resize shorter side to size / 
 CANVAS = 28  # MNIST's canvas side, in pixels
 DIGIT_BOX = 20  # MNIST digits were fitted into a 20x20 box inside the 28x28 canvas
 INK_THRESHOLD = 0.25  # fraction of the ink's peak below which a pixel counts as background (paper texture)
-MIN_CONTRAST = 16  # gray levels between background and darkest ink; less than this is a blank image
+MIN_CONTRAST = 16  # gray levels between paper and the strongest ink; less than this is a blank image
+MIN_STROKE = 2.0  # px: thinner strokes in the 20x20 box are thickened (MNIST strokes are ~2-4 px wide)
 MAX_SIDE = 2048  # larger photos are shrunk first: detail beyond this is lost at 20 px anyway, memory is not
 BILINEAR = Image.Resampling.BILINEAR  # PIL's resize antialiases when downscaling (filter support grows with scale)
 
@@ -135,6 +136,32 @@ def _frame(arr: np.ndarray) -> np.ndarray:
     return np.concatenate([arr[:k].ravel(), arr[-k:].ravel(), arr[:, :k].ravel(), arr[:, -k:].ravel()])
 
 
+def _paper_level(arr: np.ndarray) -> np.ndarray:
+    """Per-pixel background of a light-on-dark image, so uneven lighting and shadows don't count as ink."""
+    h, w = arr.shape
+    n = max(1, min(8, min(h, w) // 16))  # about 8x8 blocks, each at least 16 px
+    ys, xs = np.linspace(0, h, n + 1).astype(int), np.linspace(0, w, n + 1).astype(int)
+    grid = np.array([[np.percentile(arr[ys[i] : ys[i + 1], xs[j] : xs[j + 1]], 25) for j in range(n)] for i in range(n)])
+    padded = np.pad(grid, 1, mode="edge")  # min over 3x3 blocks: a bold stroke filling a block is still ink
+    grid = np.min([padded[a : a + n, b : b + n] for a in range(3) for b in range(3)], axis=0)
+    return np.asarray(Image.fromarray(grid.astype(np.float32)).resize((w, h), BILINEAR), dtype=np.float32)
+
+
+def _thicken(ink: np.ndarray, box: int) -> np.ndarray:
+    """Dilate strokes that would be under MIN_STROKE px wide once the digit is shrunk into the box."""
+    mask = ink > 0
+    p = np.pad(mask, 1)
+    inner = mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    width = 2 * mask.sum() / max(int((mask & ~inner).sum()), 1)  # stroke width ~ 2 * area / boundary, in px
+    target = MIN_STROKE * max(ink.shape) / box  # the wanted width in source pixels
+    r = min(int(np.ceil((target - width) / 2)), max(ink.shape) // 8)
+    if r < 1:
+        return ink
+    t = torch.from_numpy(np.pad(ink, r))[None, None]  # room for the strokes to grow past the old bounding box
+    t = F.max_pool2d(t, (1, 2 * r + 1), stride=1, padding=(0, r))  # a square max filter, done separably
+    return F.max_pool2d(t, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0].numpy()
+
+
 def _mnist_canvas(img: Image.Image, fashion: bool) -> np.ndarray:
     """MNIST's recipe: light ink on black, cropped, fitted to 20x20 (28x28 for fashion) and centred on a 28x28 canvas."""
     gray = convert(img, 1)
@@ -142,25 +169,28 @@ def _mnist_canvas(img: Image.Image, fashion: bool) -> np.ndarray:
         scale = MAX_SIDE / max(gray.size)
         gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), BILINEAR)
     arr = np.asarray(gray, dtype=np.float32)
-    if np.median(_frame(arr)) > 127:  # light background: dark ink on paper, invert to MNIST's light-on-black
+    border, lo, hi = float(np.median(_frame(arr))), float(arr.min()), float(arr.max())
+    # Ink is whichever extreme lies further from the border's level (dim photos of paper stay under 127);
+    # a tie (blank image) falls back to "light border = paper".
+    if border - lo > hi - border or (border - lo == hi - border and border > 127):
         arr = 255 - arr
-    background = float(np.median(_frame(arr)))
-    peak = float(arr.max())
-    if peak - background < MIN_CONTRAST:  # no ink at all: the plain resized image, nothing to centre
+    ink = np.clip(arr - _paper_level(arr), 0, None)
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:  # no ink at all: the plain resized image, nothing to centre
         blank = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).resize((CANVAS, CANVAS), BILINEAR)
         return np.array(blank, dtype=np.uint8)  # writable, for torch.from_numpy
-    # Stretch so the background is 0 and the strongest ink 1, then drop faint texture/shadow below the threshold.
-    ink = np.clip((arr - background) / (peak - background), 0, 1)
+    ink /= peak  # strongest ink is 1; faint texture below the threshold is paper
     ink[ink < INK_THRESHOLD] = 0
     rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
-    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     box = CANVAS if fashion else DIGIT_BOX
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    if not fashion:
+        ink = _thicken(ink, box)
     scale = box / max(ink.shape)
     new_w, new_h = max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale))
     shrunk = Image.fromarray(np.ascontiguousarray(ink, dtype=np.float32)).resize((new_w, new_h), BILINEAR)  # mode F
-    digit = np.asarray(shrunk, dtype=np.float32)
-    digit = np.clip(digit, 0, None)
-    digit = digit / max(float(digit.max()), 1e-6)  # MNIST digits peak at 255; thin pen strokes fade when shrunk
+    digit = np.clip(np.asarray(shrunk, dtype=np.float32), 0, None)
+    digit = digit / max(float(digit.max()), 1e-6)  # MNIST digits peak at 255; thin strokes fade when shrunk
     if fashion:  # Fashion-MNIST products are centred geometrically
         top, left = (CANVAS - new_h) // 2, (CANVAS - new_w) // 2
     else:  # MNIST centred the centre of mass (pixel-index coordinates) at (14, 14)

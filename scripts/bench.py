@@ -1,0 +1,204 @@
+"""Benchmarks on the real MNIST: throughput against a tutorial loop, time to accuracy, cold start, eval speed.
+
+    python scripts/bench.py                 # everything; writes docs/BENCHMARKS.md
+    python scripts/bench.py --only throughput --repeats 5
+
+Each figure is the median of several runs; throughput pairs are measured alternately in one process, so machine
+noise hits both sides alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from mnistcli.config import load_config  # noqa: E402
+from mnistcli.datasets import input_spec  # noqa: E402
+from mnistcli.engine import StepSetup, train_one_epoch  # noqa: E402
+from mnistcli.loaders import make_batches, open_splits  # noqa: E402
+from mnistcli.models import arch_spec, build_model  # noqa: E402
+
+# The pytorch/examples MNIST network, as a `cnn` config: conv 32, conv 64 (3x3 valid), max-pool, dropout,
+# dense 128, dropout, out.
+EXAMPLES_NET = {"name": "cnn", "channels": [32, 64], "padding": 0, "pool_every": 2, "batch_norm": False,
+                "conv_dropout": 0.25, "hidden": [128], "dropout": 0.5}
+MLI = [sys.executable, "-m", "mnistcli"]
+
+
+def tutorial_loader(batch: int) -> torch.utils.data.DataLoader:
+    """The tutorial data path: torchvision MNIST + ToTensor + Normalize through a per-sample DataLoader."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    ds = datasets.MNIST(str(REPO / "data"), train=True, transform=tf, download=False)
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True)
+
+
+def tutorial_steps(model: torch.nn.Module, loader: torch.utils.data.DataLoader, steps: int) -> float:
+    """Images per second of a plain loop: tensors as the DataLoader gives them, default memory format."""
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    model.train()
+    start, seen = time.perf_counter(), 0
+    for x, y in islice(loader, steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def engine_steps(model: torch.nn.Module, batches: object, steps: int) -> float:
+    """Images per second of mnistcli's data path and training step on the same network."""
+    setup = StepSetup(torch.nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 1e-3))
+    start = time.perf_counter()
+    res = train_one_epoch(model, islice(iter(batches), steps), setup, torch.device("cpu"), 1)
+    return res["n"] / (time.perf_counter() - start)
+
+
+def throughput(repeats: int, steps: int, batch: int) -> list[dict]:
+    """Tutorial loop vs engine, same network and batch size, alternated in this process."""
+    rows = []
+    default_cnn = load_config(REPO / "configs" / "mnist_cnn.yaml").model
+    for label, model_cfg in (("pytorch/examples Net", EXAMPLES_NET), ("cnn default (mnist_cnn.yaml)", default_cnn.__dict__)):
+        cfg = load_config({"data": {"name": "mnist", "root": str(REPO / "data"), "batch_size": batch},
+                           "model": {k: v for k, v in model_cfg.items() if k != "head"}})
+        spec = input_spec(cfg, False)
+        splits, classes = open_splits(cfg, spec, ["train"])
+        batches = make_batches(splits["train"], cfg, spec, torch.device("cpu"), train=True, channels_last=True)
+        arch = arch_spec(cfg.model, [1, 28, 28], 10)
+        loader = tutorial_loader(batch)
+        tut, eng = [], []
+        for _ in range(repeats):
+            torch.manual_seed(0)
+            tut.append(tutorial_steps(build_model(arch), loader, steps))
+            torch.manual_seed(0)
+            eng.append(engine_steps(build_model(arch).to(memory_format=torch.channels_last), batches, steps))
+        t, e = statistics.median(tut), statistics.median(eng)
+        rows.append({"network": label, "batch": batch, "tutorial img/s": round(t), "mnistcli img/s": round(e),
+                     "ratio": round(e / t, 2)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of a command, and its result."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    return time.perf_counter() - start, proc
+
+
+def accuracy_runs(configs: list[str], repeats: int, out_root: Path) -> list[dict]:
+    """Wall time from launching `mnistcli train` to its checkpoint, and the test accuracy it reaches."""
+    rows = []
+    for config in configs:
+        times, accs = [], []
+        for i in range(repeats):
+            out = out_root / f"{Path(config).stem}-{i}"
+            seconds, _ = timed([*MLI, "train", config, "--out", str(out), "--quiet", "--overwrite"])
+            _, ev = timed([*MLI, "eval", "--ckpt", str(out / "best.pt"), "--json"])
+            times.append(seconds)
+            accs.append(json.loads(ev.stdout)["accuracy"])
+        rows.append({"config": config, "runs": repeats, "train wall s (median)": round(statistics.median(times), 1),
+                     "test accuracy (min)": round(min(accs), 4), "test accuracy (median)": round(statistics.median(accs), 4)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def cold_start(ckpt: Path, repeats: int) -> list[dict]:
+    """`mnistcli predict` on one image against a bare `import torch`."""
+    image = str(REPO / "data" / "samples" / "digit_7.png")
+    predict = [*MLI, "predict", image, "--ckpt", str(ckpt)]
+    base = [sys.executable, "-c", "import torch"]
+    p, b = [], []
+    for _ in range(repeats):
+        b.append(timed(base)[0])
+        p.append(timed(predict)[0])
+    row = {"import torch s": round(statistics.median(b), 2), "mnistcli predict s": round(statistics.median(p), 2),
+           "ratio": round(statistics.median(p) / statistics.median(b), 2)}
+    print(row, flush=True)
+    return [row]
+
+
+def eval_speed(ckpt: Path, repeats: int) -> list[dict]:
+    """Images per second of `evaluate_checkpoint` on the 10,000 test images (data already unpacked)."""
+    from mnistcli.evaluation import evaluate_checkpoint
+
+    speeds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        res = evaluate_checkpoint(ckpt, "test", device="cpu")
+        speeds.append(res["n"] / (time.perf_counter() - start))
+    row = {"checkpoint": ckpt.parent.name, "images": res["n"], "img/s (median)": round(statistics.median(speeds))}
+    print(row, flush=True)
+    return [row]
+
+
+def table(rows: list[dict]) -> str:
+    """Rows of dicts as a Markdown table."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """One line on the hardware and software measured."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}, {platform.system()}")
+
+
+def main() -> None:
+    """Run the chosen sections, print each table, and write docs/BENCHMARKS.md."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["throughput", "accuracy", "cold", "eval"], action="append")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=120, help="training steps per throughput measurement")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--configs", nargs="+", default=["configs/mnist_fast.yaml", "configs/mnist_cnn.yaml", "configs/mnist_mlp.yaml"])
+    parser.add_argument("--write", default=str(REPO / "docs" / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    only = set(args.only or ["throughput", "accuracy", "cold", "eval"])
+    sections: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if "throughput" in only:
+            sections.append(("Training throughput: tutorial loop vs mnistcli, same network, same batch",
+                             table(throughput(args.repeats, args.steps, args.batch))))
+        if "accuracy" in only:
+            sections.append(("Time to accuracy: `mnistcli train` wall time, then `mnistcli eval` on the 10,000 test images",
+                             table(accuracy_runs(args.configs, args.repeats, Path(tmp)))))
+        ckpt = Path(tmp) / "cold" / "best.pt"
+        if only & {"cold", "eval"}:
+            timed([*MLI, "train", "configs/smoke.yaml", "--set", "data.name=mnist", "--set", "train.epochs=1",
+                   "--set", "data.val_split=0.5", "--out", str(ckpt.parent), "--quiet", "--overwrite"])
+        if "cold" in only:
+            sections.append(("Cold start: `mnistcli predict` on one image vs `python -c \"import torch\"`",
+                             table(cold_start(ckpt, max(args.repeats, 5)))))
+        if "eval" in only:
+            sections.append(("Evaluation throughput on the MNIST test split", table(eval_speed(ckpt, args.repeats))))
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    text = "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)
+    report = f"## Run of {time.strftime('%Y-%m-%d')}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{text}\n"
+    print(report)
+    if args.write:
+        Path(args.write).parent.mkdir(exist_ok=True)
+        Path(args.write).write_text("# Benchmarks\n\nFigures measured by `scripts/bench.py` (medians of repeated runs).\n\n" + report)
+
+
+if __name__ == "__main__":
+    main()
