@@ -47,23 +47,29 @@ def tutorial_loader(batch: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True)
 
 
+WARMUP = 10  # untimed steps first: allocator and oneDNN kernel set-up are not throughput
+
+
 def tutorial_steps(model: torch.nn.Module, loader: torch.utils.data.DataLoader, steps: int) -> float:
     """Images per second of a plain loop: tensors as the DataLoader gives them, default memory format."""
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     model.train()
-    start, seen = time.perf_counter(), 0
-    for x, y in islice(loader, steps):
+    seen, start = 0, 0.0
+    for i, (x, y) in enumerate(islice(loader, WARMUP + steps)):
+        if i == WARMUP:
+            start = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        seen += len(y)
+        seen += len(y) if i >= WARMUP else 0
     return seen / (time.perf_counter() - start)
 
 
 def engine_steps(model: torch.nn.Module, batches: object, steps: int) -> float:
     """Images per second of mnistcli's data path and training step on the same network."""
     setup = StepSetup(torch.nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 1e-3))
+    train_one_epoch(model, islice(iter(batches), WARMUP), setup, torch.device("cpu"), 1)
     start = time.perf_counter()
     res = train_one_epoch(model, islice(iter(batches), steps), setup, torch.device("cpu"), 1)
     return res["n"] / (time.perf_counter() - start)

@@ -40,6 +40,11 @@ def ink_stats(canvas: np.ndarray) -> tuple[int, int, float, float]:
     return (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1, (ys * m).sum() / m.sum(), (xs * m).sum() / m.sum())
 
 
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two images' pixels."""
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
 def paper(w: int = 173, h: int = 97, seed: int = 0) -> Image.Image:
     """Light, slightly textured paper (values 225..250) as an RGB image."""
     rng = np.random.default_rng(seed)
@@ -260,11 +265,38 @@ def test_mnist_mode_centres_a_drawn_digit(draw) -> None:
     assert (out[:2] == 0).all() and (out[-2:] == 0).all() and (out[:, :2] == 0).all()
 
 
+def test_shaded_noisy_photo_finds_only_the_digit() -> None:
+    h, w = 400, 500
+    ys, xs = np.mgrid[:h, :w]
+    noise = np.random.default_rng(0).normal(0, 6, (h, w))
+    shade = (170 + 40 * xs / w - 20 * ys / h + noise).clip(0, 255).astype(np.uint8)  # uneven light, grainy paper
+    img = Image.fromarray(shade).convert("RGB")
+    ImageDraw.Draw(img).line([(300, 100), (350, 100), (310, 250)], fill=(60, 60, 70), width=6)  # a '7'
+    out = pixels_np(img)
+    h_ink, w_ink, cy, cx = ink_stats(out)
+    assert max(h_ink, w_ink) == 20 and abs(cy - 14) <= 1 and abs(cx - 14) <= 1  # no speck widened the box
+    assert (out[:, :4] == 0).all() and (out[:, -4:] == 0).all()
+
+
+def test_dim_photo_of_paper_is_still_inverted() -> None:
+    img = Image.new("L", (120, 120), 110)  # grey paper under poor light: border below 127
+    ImageDraw.Draw(img).ellipse([(40, 20), (75, 90)], outline=30, width=5)
+    out = pixels_np(img)
+    assert out[0, 0] == 0 and out[14, 14] == 0 and out.max() == 255  # a bright ring around a dark hole
+
+
+def test_thin_pen_on_a_big_canvas_is_thickened() -> None:
+    img = Image.new("RGB", (800, 800), "white")
+    ImageDraw.Draw(img).line([(400, 100), (410, 700)], fill="black", width=2)  # a '1', 300x thinner than tall
+    out = pixels_np(img)
+    assert ink_stats(out)[0] == 20 and (out > 127).sum(axis=1).max() >= 2  # at least 2 px wide, as in MNIST
+
+
 def test_light_on_dark_is_not_inverted() -> None:
     dark = Image.fromarray(255 - np.asarray(draw_zero(paper())))
     out_dark, out_light = pixels_np(dark), pixels_np(draw_zero(paper()))
     assert out_dark[0, 0] == 0 and out_dark.max() == 255
-    assert np.corrcoef(out_dark.ravel(), out_light.ravel())[0, 1] > 0.95
+    assert pearson(out_dark, out_light) > 0.95
 
 
 def test_blank_images_do_not_crash() -> None:
@@ -293,11 +325,15 @@ def test_real_mnist_digits_survive_the_round_trip() -> None:
         raw = f.read(16 + 28 * 28 * 12)  # header + the first 12 digits
     digits = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
     rng = np.random.default_rng(0)
+    unshifted = []
     for digit in digits:
         big = Image.fromarray(255 - digit).resize((140, 140), Image.Resampling.BILINEAR)  # dark ink on white, x5
         top, left, bottom, right = rng.integers(10, 150, 4)  # a big, uneven white margin
         sheet = Image.new("L", (140 + left + right, 140 + top + bottom), 255)
         sheet.paste(big, (int(left), int(top)))
-        out = pixels_np(sheet.convert("RGB"))
-        r = np.corrcoef(out.ravel().astype(float), digit.ravel().astype(float))[0, 1]
-        assert r > 0.8, r
+        out = pixels_np(sheet.convert("RGB")).astype(float)
+        r = {(dy, dx): pearson(np.roll(out, (dy, dx), axis=(0, 1)), digit) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+        # MNIST rounds the centre-of-mass shift to whole pixels, so a re-made digit may sit 1 px off the original
+        assert max(r.values()) > 0.9, r
+        unshifted.append(r[0, 0])
+    assert np.mean(unshifted) > 0.9 and min(unshifted) > 0.7, unshifted

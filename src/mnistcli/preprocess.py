@@ -19,7 +19,7 @@ MNIST_FAMILY = ("mnist", "fashion_mnist")
 CROP_RATIO = 224 / 256  # pretrained eval preset: resize shorter side to size / ratio, then centre-crop size
 CANVAS = 28  # MNIST's canvas side, in pixels
 DIGIT_BOX = 20  # MNIST digits were fitted into a 20x20 box inside the 28x28 canvas
-INK_THRESHOLD = 0.25  # fraction of the ink's peak below which a pixel counts as background (paper texture)
+INK_THRESHOLD = 0.25  # fraction of the (3x3-averaged) ink peak below which a pixel is paper texture, not ink
 MIN_CONTRAST = 16  # gray levels between paper and the strongest ink; less than this is a blank image
 MIN_STROKE = 2.0  # px: thinner strokes in the 20x20 box are thickened (MNIST strokes are ~2-4 px wide)
 MAX_SIDE = 2048  # larger photos are shrunk first: detail beyond this is lost at 20 px anyway, memory is not
@@ -78,7 +78,10 @@ def convert(img: Image.Image, channels: int) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    return img.convert(target)
+    try:
+        return img.convert(target)
+    except ValueError:  # modes PIL cannot convert (e.g. LAB TIFFs)
+        raise UserError(f"unsupported image mode '{img.mode}'; save it as an RGB or grayscale PNG/JPEG") from None
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
@@ -175,12 +178,12 @@ def _mnist_canvas(img: Image.Image, fashion: bool) -> np.ndarray:
     if border - lo > hi - border or (border - lo == hi - border and border > 127):
         arr = 255 - arr
     ink = np.clip(arr - _paper_level(arr), 0, None)
-    peak = float(ink.max())
-    if peak < MIN_CONTRAST:  # no ink at all: the plain resized image, nothing to centre
+    if float(ink.max()) < MIN_CONTRAST:  # no ink at all: the plain resized image, nothing to centre
         blank = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).resize((CANVAS, CANVAS), BILINEAR)
         return np.array(blank, dtype=np.uint8)  # writable, for torch.from_numpy
-    ink /= peak  # strongest ink is 1; faint texture below the threshold is paper
-    ink[ink < INK_THRESHOLD] = 0
+    # Ink is where the 3x3 mean reaches INK_THRESHOLD of its peak: faint texture and lone noisy pixels are paper.
+    smooth = F.avg_pool2d(torch.from_numpy(ink)[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+    ink = np.where(smooth.numpy() >= INK_THRESHOLD * float(smooth.max()), ink, 0)
     rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
     box = CANVAS if fashion else DIGIT_BOX
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
