@@ -155,6 +155,31 @@ def eval_speed(ckpt: Path, repeats: int) -> list[dict]:
     return [row]
 
 
+def digits(ckpt: Path, n: int, tmp: Path) -> list[dict]:
+    """Accuracy on digits as users draw them, MNIST-style preparation vs plain resize; the shipped samples."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import shutil
+
+    from user_digits import accuracy, mnist_style, typed
+
+    rows = []
+    for name, samples in (("MNIST test digits on paper", mnist_style(n, 0)), ("typed digits (system fonts)", typed(1))):
+        if samples:
+            rows.append({"images": f"{len(samples)} {name}", "--preprocess auto": round(accuracy(ckpt, samples, "auto", tmp), 3),
+                         "--preprocess none": round(accuracy(ckpt, samples, "none", tmp), 3)})
+            print(rows[-1], flush=True)
+    alone = tmp / "alone" / "model.pt"  # the checkpoint copied alone to another folder
+    alone.parent.mkdir()
+    shutil.copy(ckpt, alone)
+    samples = sorted((REPO / "data" / "samples").glob("digit_*.png"))
+    _, proc = timed([*MLI, "predict", *map(str, samples), "--ckpt", str(alone), "--json"])
+    right = sum(json.loads(line)["index"] == int(Path(json.loads(line)["path"]).stem[-1]) for line in proc.stdout.splitlines())
+    rows.append({"images": "data/samples/digit_*.png, checkpoint copied alone", "--preprocess auto": f"{right}/{len(samples)}",
+                 "--preprocess none": "-"})
+    print(rows[-1], flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     """Rows of dicts as a Markdown table."""
     keys = list(rows[0])
@@ -172,14 +197,15 @@ def machine() -> str:
 def main() -> None:
     """Run the chosen sections, print each table, and write docs/BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["throughput", "accuracy", "cold", "eval"], action="append")
+    parser.add_argument("--only", choices=["throughput", "accuracy", "cold", "eval", "digits"], action="append")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=120, help="training steps per throughput measurement")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--configs", nargs="+", default=["configs/mnist_fast.yaml", "configs/mnist_cnn.yaml", "configs/mnist_mlp.yaml"])
     parser.add_argument("--write", default=str(REPO / "docs" / "BENCHMARKS.md"))
+    parser.add_argument("--digits", type=int, default=500, help="MNIST-derived user-style digits to predict")
     args = parser.parse_args()
-    only = set(args.only or ["throughput", "accuracy", "cold", "eval"])
+    only = set(args.only or ["throughput", "accuracy", "cold", "eval", "digits"])
     sections: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if "throughput" in only:
@@ -197,6 +223,12 @@ def main() -> None:
                              table(cold_start(ckpt, max(args.repeats, 5)))))
         if "eval" in only:
             sections.append(("Evaluation throughput on the MNIST test split", table(eval_speed(ckpt, args.repeats))))
+        if "digits" in only:
+            cnn = Path(tmp) / "mnist_cnn-0" / "best.pt"
+            if not cnn.exists():
+                timed([*MLI, "train", "configs/mnist_cnn.yaml", "--out", str(cnn.parent), "--quiet", "--overwrite"])
+            sections.append(("Predict on digits as users draw them (dark on light, RGB, odd sizes, margins), mnist_cnn.yaml model",
+                             table(digits(cnn, args.digits, Path(tmp)))))
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
     text = "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)
     report = f"## Run of {time.strftime('%Y-%m-%d')}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{text}\n"
