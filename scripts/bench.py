@@ -234,8 +234,19 @@ def main() -> None:
     report = f"## Run of {time.strftime('%Y-%m-%d')}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{text}\n"
     print(report)
     if args.write:
-        Path(args.write).parent.mkdir(exist_ok=True)
-        Path(args.write).write_text("# Benchmarks\n\nFigures measured by `scripts/bench.py` (medians of repeated runs).\n\n" + report)
+        write_report(Path(args.write), report)
+
+
+def write_report(path: Path, report: str) -> None:
+    """Replace the generated block of the benchmarks page, keeping the hand-written text around it."""
+    start, end = "<!-- bench.py output: start -->", "<!-- bench.py output: end -->"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"{head}{start}\n{report}{end}{tail}")
 
 
 if __name__ == "__main__":
