@@ -25,17 +25,44 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mnistcli.config import load_config  # noqa: E402
+from mnistcli.config import OptimizerConfig, load_config  # noqa: E402
 from mnistcli.datasets import input_spec  # noqa: E402
 from mnistcli.engine import StepSetup, train_one_epoch  # noqa: E402
 from mnistcli.loaders import make_batches, open_splits  # noqa: E402
 from mnistcli.models import arch_spec, build_model  # noqa: E402
+from mnistcli.optim import build_optimizer  # noqa: E402
 
 # The pytorch/examples MNIST network, as a `cnn` config: conv 32, conv 64 (3x3 valid), max-pool, dropout,
 # dense 128, dropout, out.
 EXAMPLES_NET = {"name": "cnn", "channels": [32, 64], "padding": 0, "pool_every": 2, "batch_norm": False,
                 "conv_dropout": 0.25, "hidden": [128], "dropout": 0.5}
 MLI = [sys.executable, "-m", "mnistcli"]
+
+
+class TutorialNet(torch.nn.Module):
+    """A CNN as tutorials write it: conv -> (batch norm) -> ReLU -> (max-pool), then dense layers."""
+
+    def __init__(self, channels: list[int], padding: int, pool_every: int, batch_norm: bool, hidden: int,
+                 conv_dropout: float, dropout: float) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        in_ch, side = 1, 28
+        for i, out_ch in enumerate(channels, start=1):
+            layers += [torch.nn.Conv2d(in_ch, out_ch, 3, padding=padding, bias=not batch_norm)]
+            layers += [torch.nn.BatchNorm2d(out_ch)] if batch_norm else []
+            layers += [torch.nn.ReLU()]
+            side = side - 2 + 2 * padding
+            if i % pool_every == 0:
+                layers += [torch.nn.MaxPool2d(2), torch.nn.Dropout(conv_dropout)]
+                side //= 2
+            in_ch = out_ch
+        self.features = torch.nn.Sequential(*layers)
+        self.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_ch * side * side, hidden),
+                                              torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores for (N, 1, 28, 28) images."""
+        return self.classifier(self.features(x))
 
 
 def tutorial_loader(batch: int) -> torch.utils.data.DataLoader:
@@ -68,7 +95,8 @@ def tutorial_steps(model: torch.nn.Module, loader: torch.utils.data.DataLoader, 
 
 def engine_steps(model: torch.nn.Module, batches: object, steps: int) -> float:
     """Images per second of mnistcli's data path and training step on the same network."""
-    setup = StepSetup(torch.nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 1e-3))
+    optimizer = build_optimizer([{"params": list(model.parameters())}], OptimizerConfig(name="adam", lr=1e-3))
+    setup = StepSetup(torch.nn.CrossEntropyLoss(), optimizer)
     train_one_epoch(model, islice(iter(batches), WARMUP), setup, torch.device("cpu"), 1)
     start = time.perf_counter()
     res = train_one_epoch(model, islice(iter(batches), steps), setup, torch.device("cpu"), 1)
@@ -78,19 +106,27 @@ def engine_steps(model: torch.nn.Module, batches: object, steps: int) -> float:
 def throughput(repeats: int, steps: int, batch: int) -> list[dict]:
     """Tutorial loop vs engine, same network and batch size, alternated in this process."""
     rows = []
-    default_cnn = load_config(REPO / "configs" / "mnist_cnn.yaml").model
-    for label, model_cfg in (("pytorch/examples Net", EXAMPLES_NET), ("cnn default (mnist_cnn.yaml)", default_cnn.__dict__)):
-        cfg = load_config({"data": {"name": "mnist", "root": str(REPO / "data"), "batch_size": batch},
-                           "model": {k: v for k, v in model_cfg.items() if k != "head"}})
+    default = load_config(REPO / "configs" / "mnist_cnn.yaml").model
+    nets = (
+        ("pytorch/examples Net", EXAMPLES_NET, dict(channels=[32, 64], padding=0, pool_every=2, batch_norm=False)),
+        ("cnn default (mnist_cnn.yaml)", {k: v for k, v in default.__dict__.items() if k != "head"},
+         dict(channels=default.channels, padding=1, pool_every=1, batch_norm=True)),
+    )
+    for label, model_cfg, layout in nets:
+        cfg = load_config({"data": {"name": "mnist", "root": str(REPO / "data"), "batch_size": batch}, "model": model_cfg})
         spec = input_spec(cfg, False)
-        splits, classes = open_splits(cfg, spec, ["train"])
+        splits, _ = open_splits(cfg, spec, ["train"])
         batches = make_batches(splits["train"], cfg, spec, torch.device("cpu"), train=True, channels_last=True)
         arch = arch_spec(cfg.model, [1, 28, 28], 10)
+        by_hand = lambda: TutorialNet(**layout, hidden=cfg.model.hidden[0], conv_dropout=cfg.model.conv_dropout,
+                                      dropout=cfg.model.dropout)
+        count = lambda m: sum(p.numel() for p in m.parameters())
+        assert count(by_hand()) == count(build_model(arch)), "the two sides must train the same network"
         loader = tutorial_loader(batch)
         tut, eng = [], []
         for _ in range(repeats):
             torch.manual_seed(0)
-            tut.append(tutorial_steps(build_model(arch), loader, steps))
+            tut.append(tutorial_steps(by_hand(), loader, steps))
             torch.manual_seed(0)
             eng.append(engine_steps(build_model(arch).to(memory_format=torch.channels_last), batches, steps))
         t, e = statistics.median(tut), statistics.median(eng)

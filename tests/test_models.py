@@ -60,3 +60,18 @@ def test_unknown_activation_lists_allowed() -> None:
 
     with pytest.raises(UserError, match="allowed: gelu, leaky_relu, relu, silu, tanh"):
         build_model(arch_spec(ModelConfig(name="mlp", activation="relux"), [1, 28, 28], 10))
+
+
+def test_pool_before_relu_matches_the_usual_order() -> None:
+    """The CNN max-pools before a monotonic activation: same output and gradients as activation-then-pool."""
+    model = build_model(arch_spec(ModelConfig(name="cnn", channels=[6, 8], batch_norm=False), [1, 28, 28], 10))
+    layers = list(model.features)
+    kinds = [type(m).__name__ for m in layers]
+    assert kinds == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU"]
+    usual = torch.nn.Sequential(layers[0], layers[2], layers[1], layers[3], layers[5], layers[4])
+    x = torch.randn(4, 1, 28, 28)
+    ours, ref = model.features(x), usual(x)
+    assert torch.equal(ours, ref)
+    g_ours = torch.autograd.grad(ours.square().sum(), layers[0].weight)[0]
+    g_ref = torch.autograd.grad(usual(x).square().sum(), layers[0].weight)[0]
+    assert torch.allclose(g_ours, g_ref, atol=1e-6)

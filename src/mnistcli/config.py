@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError, closest
+from .errors import ConfigError
+from .typecheck import build_dataclass
 
 
 @dataclass
@@ -196,79 +196,6 @@ _RANGES: dict[str, tuple[Any, str]] = {
 }
 
 
-def _type_name(tp: Any) -> str:
-    """Describe a schema type for error messages."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Return (ok, value) where value is converted to the schema type if it fits."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if isinstance(value, int) and not isinstance(value, bool) and int in args:
-            return True, value  # in `float | int` an integer stays a count
-        for arg in args:
-            ok, out = _coerce(value, arg)
-            if ok:
-                return True, out
-        return False, value
-    if origin is Literal:
-        return value in get_args(tp), value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            return False, value
-        items = [_coerce(v, get_args(tp)[0]) for v in value]
-        return all(ok for ok, _ in items), [v for _, v in items]
-    if tp is type(None):
-        return value is None, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if tp is str:
-        return isinstance(value, str), value
-    return False, value
-
-
-def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by dotted key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping of keys, got {data!r}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(
-                f"{source}: unknown key '{dotted}'{closest(str(key), names)}; "
-                f"allowed in '{prefix.rstrip('.') or 'config'}': {', '.join(names)}"
-            )
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value if value is not None else {}, f"{dotted}.", source)
-            continue
-        ok, coerced = _coerce(value, tp)
-        if not ok:
-            if value is None:
-                raise ConfigError(f"{source}: missing value for '{dotted}'; expected {_type_name(tp)}")
-            raise ConfigError(f"{source}: '{dotted}' must be {_type_name(tp)}, got {value!r}")
-        kwargs[key] = coerced
-    return cls(**kwargs)
-
-
 def _check_ranges(cfg: Config, source: str) -> None:
     """Reject values of the right type but outside what makes sense."""
     for dotted, (test, allowed) in _RANGES.items():
@@ -356,7 +283,7 @@ def load_config(
     else:
         data, where, stem = read_yaml(source), str(source), Path(source).stem
     data = apply_overrides(data, list(overrides or []))
-    cfg = _build(Config, data, "", where)
+    cfg = build_dataclass(Config, data, "", where)
     if cfg.name is None:
         cfg.name = stem
     _check_ranges(cfg, where)

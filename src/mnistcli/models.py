@@ -22,6 +22,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+MONOTONIC = {"relu", "leaky_relu", "tanh"}  # order-preserving: they commute with max-pooling
+
+
 def make_activation(name: str) -> nn.Module:
     """Return a fresh activation module by name."""
     if name not in ACTIVATIONS:
@@ -96,11 +99,17 @@ class CNN(nn.Module):
             layers.append(nn.Conv2d(in_ch, out_ch, kernel_size, padding=pad, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_ch))
-            layers.append(make_activation(activation))
-            if pool != "none" and i % pool_every == 0:
-                layers.append(nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2))
-                if conv_dropout > 0:
-                    layers.append(nn.Dropout2d(conv_dropout))
+            pools = pool != "none" and i % pool_every == 0
+            if pools and pool == "max" and activation in MONOTONIC:
+                # max-pool then activation equals activation then max-pool (output and gradient) for a
+                # monotonic activation, with a quarter of the activation's work
+                layers += [nn.MaxPool2d(2), make_activation(activation)]
+            else:
+                layers.append(make_activation(activation))
+                if pools:
+                    layers.append(nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2))
+            if pools and conv_dropout > 0:
+                layers.append(nn.Dropout2d(conv_dropout))
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
         with torch.no_grad():  # infer the flattened size from a dummy input of the dataset's shape
