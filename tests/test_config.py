@@ -95,3 +95,20 @@ def test_shipped_configs_are_valid(path: Path) -> None:
     from mnistcli.training import validate
 
     validate(load_config(path))
+
+
+def test_config_reference_is_complete_and_current() -> None:
+    """docs/CONFIG.md lists every key with its default, as scripts/config_doc.py generates it."""
+    import dataclasses
+
+    doc = (REPO / "docs" / "CONFIG.md").read_text()
+
+    def keys(obj: object, prefix: str = "") -> list[str]:
+        out = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            out += keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [f"{prefix}{f.name}"]
+        return out
+
+    missing = [k for k in keys(Config()) if f"| `{k}` |" not in doc]
+    assert not missing, f"run `python scripts/config_doc.py`: undocumented keys {missing}"

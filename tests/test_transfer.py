@@ -94,3 +94,14 @@ def test_missing_weights_offline_is_one_clear_line(tmp_path: Path, folders: Path
         train(cfg, out=tmp_path / "run")
     message = str(err.value)
     assert "resnet18-f37072fd.pth" in message and str(tmp_path / "torch-home") in message and "\n" not in message
+
+
+def test_cli_missing_weights_is_one_line_exit_2(tmp_path: Path, folders: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    result = runner.invoke(app, ["train", str(Path(__file__).resolve().parents[1] / "configs" / "imagefolder_resnet18.yaml"),
+                                 "--set", f"data.train_dir={folders / 'train'}", "--set", f"data.test_dir={folders / 'test'}",
+                                 "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "resnet18-f37072fd.pth" in result.output

@@ -13,6 +13,9 @@ Resize(256/224) + CenterCrop preprocessing); the expected cache file is the last
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import pickle
 import re
 from collections.abc import Mapping
@@ -26,6 +29,8 @@ from torch import nn
 
 from .errors import UserError, unknown_name
 from .models import dense_layers
+
+log = logging.getLogger(__name__)
 
 # mnistcli name -> torchvision builder name (also the key of its weights enum in torchvision's registry).
 BACKBONES: dict[str, str] = {
@@ -143,9 +148,11 @@ def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 def _download(name: str, url: str, cached: Path) -> dict[str, torch.Tensor]:
     """Fetch the weights into torchvision's cache, or explain in one line which file to put where."""
+    log.info("downloading %s to %s", url, cached)
     try:
-        return torch.hub.load_state_dict_from_url(url, model_dir=str(cached.parent), map_location="cpu",
-                                                  progress=False, check_hash=True, weights_only=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # torch.hub prints its own "Downloading" line there
+            return torch.hub.load_state_dict_from_url(url, model_dir=str(cached.parent), map_location="cpu",
+                                                      progress=False, check_hash=True, weights_only=True)
     # URLError/socket errors are OSErrors; a hash mismatch is a RuntimeError; a cut connection an HTTPException.
     except (OSError, HTTPException, RuntimeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
@@ -153,15 +160,22 @@ def _download(name: str, url: str, cached: Path) -> dict[str, torch.Tensor]:
                         f"{cached}, or set model.weights_path ({reason})") from None
 
 
-def load_pretrained(model: BackboneClassifier, name: str, weights_path: str | None) -> str:
-    """Load ImageNet weights into `model.backbone` (all but the replaced classifier); say where they came from."""
+def fetch_pretrained(name: str, weights_path: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """ImageNet weights of a backbone from weights_path, torch's cache or a download; and where they came from."""
     url, cached = pretrained_file(name)
     if weights_path:
-        state, source = _read_state_dict(Path(weights_path), "model.weights_path"), str(weights_path)
-    elif cached.is_file():
-        state, source = _read_state_dict(cached, f"cached weights for {name}"), f"cache {cached}"
-    else:
-        state, source = _download(name, url, cached), f"downloaded {url}"
+        return _read_state_dict(Path(weights_path), "model.weights_path"), str(weights_path)
+    if cached.is_file():
+        return _read_state_dict(cached, f"cached weights for {name}"), f"cache {cached}"
+    return _download(name, url, cached), f"downloaded {url}"
+
+
+def load_pretrained(
+    model: BackboneClassifier, name: str, weights_path: str | None,
+    fetched: tuple[dict[str, torch.Tensor], str] | None = None,
+) -> str:
+    """Load ImageNet weights (`fetched`, or fetched now) into `model.backbone`, all but the replaced classifier."""
+    state, source = fetched or fetch_pretrained(name, weights_path)
     state = {DENSENET_LEGACY.sub(r"\1\2.", k): v for k, v in state.items()}  # no-op for non-densenet keys
     drop = model.classifier_key + "."
     # A plain dict has no _metadata, so BatchNorm accepts old files that lack num_batches_tracked.

@@ -45,14 +45,14 @@ class Run:
     versions: dict[str, Any] = field(default_factory=dict)  # software, commit and device, for every checkpoint
 
 
-def build_run_model(cfg: Config, arch: dict[str, Any], device: torch.device, cl: bool, pretrained: bool) -> nn.Module:
-    """Model from its spec; backbones get pretrained weights (new runs only) and are frozen as asked."""
+def build_run_model(cfg: Config, arch: dict[str, Any], device: torch.device, cl: bool, weights: Any = None) -> nn.Module:
+    """Model from its spec; a backbone gets the fetched pretrained `weights` (new runs) and is frozen as asked."""
     model = build_model(arch)
     if arch["name"] not in ("mlp", "cnn"):
         from .backbones import load_pretrained, set_backbone_trainable
 
-        if cfg.model.pretrained and pretrained:
-            log.info("pretrained weights: %s", load_pretrained(model, arch["name"], cfg.model.weights_path))
+        if weights is not None:
+            log.info("pretrained weights: %s", load_pretrained(model, arch["name"], None, weights))
         freeze = cfg.model.freeze or ("backbone" if cfg.model.pretrained else "none")
         set_backbone_trainable(model, freeze == "none")
     model.to(device)

@@ -101,6 +101,11 @@ def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -
     fast_math(device, cfg.train.deterministic)
     from .backbones import BACKBONES
 
+    weights = None
+    if cfg.model.pretrained and ckpt is None:  # before the data: a missing weights file should fail fast
+        from .backbones import fetch_pretrained
+
+        weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
     spec = input_spec(cfg, cfg.model.name in BACKBONES)
     cl = cfg.train.channels_last if cfg.train.channels_last is not None else cfg.model.name not in ("mlp", "mlp_tutorial")
     splits, classes = open_splits(cfg, spec, ["train", "val"])
@@ -110,7 +115,7 @@ def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -
     if ckpt is not None:
         for key, (old, new) in check_resume(ckpt, cfg.to_dict(), arch).items():
             log.info("resuming with %s changed: %r -> %r", key, old, new)
-    model = build_run_model(cfg, arch, device, cl, pretrained=ckpt is None)
+    model = build_run_model(cfg, arch, device, cl, weights)
     run = new_run(cfg, out, device, spec, arch, classes, model, train_batches, val_batches)
     run.versions = run_versions(device)
     if ckpt is not None:
