@@ -76,7 +76,8 @@ def _image_folder(cfg: DataConfig, split: str, transform: Any) -> Any:
 
     folder = {"train": cfg.train_dir, "val": cfg.val_dir, "test": cfg.test_dir}[split]
     if folder is None:
-        raise UserError(f"data.{split}_dir is not set: the {split} split of an image_folder needs its own folder")
+        raise UserError(f"data.{split}_dir is not set: the {split} split of an image_folder needs its own folder "
+                        "(for eval: --data-root FOLDER)")
     path = Path(folder)
     if not path.is_dir():
         raise UserError(f"data.{split}_dir: folder not found: {path}")

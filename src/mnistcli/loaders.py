@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
@@ -92,8 +94,12 @@ class DeviceBatches:
         self.order.skip = skip_batches * self.loader.batch_size
 
 
-def _quiet_worker(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which stops cleanly between steps."""
+def _init_worker(worker_id: int) -> None:
+    """Seed numpy and random from the worker's torch seed (itself from the run's seed); leave Ctrl-C to the
+    main process, which stops cleanly between steps."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -186,7 +192,7 @@ def make_batches(
             pin_memory=cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda",
             persistent_workers=cfg.data.persistent_workers and workers > 0,
             prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
-            worker_init_fn=_quiet_worker,
+            worker_init_fn=_init_worker,
         )
     transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
     return DeviceBatches(loader, transform, device, cfg.seed)

@@ -25,6 +25,7 @@ from .runtime import fast_math, resolve_device, run_versions, seed_everything
 
 log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+VERSION_COLUMNS = ["mnistcli", "torch", "torchvision", "device", "git_commit"]  # what produced each row
 RUN_FILES = ("best.pt", "last.pt")
 
 
@@ -185,7 +186,7 @@ def _end_epoch(run: Run, row: dict[str, Any], per_class: list[float]) -> None:
     run.epoch = row["epoch"]
     run.rows.append(row)
     with open(run.out / "metrics.csv", "a", newline="") as f:
-        csv.writer(f).writerow(_csv_row(row))
+        csv.writer(f).writerow(_csv_row(run, row))
     is_best = row["val_acc"] > run.best["val_acc"]
     if is_best:
         run.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "per_class": per_class}
@@ -203,11 +204,12 @@ def _write_history(run: Run) -> None:
     """Start metrics.csv afresh, with the rows of the epochs a resumed run already did."""
     with open(run.out / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(METRIC_COLUMNS)
+        writer.writerow(METRIC_COLUMNS + VERSION_COLUMNS)
         for row in run.rows:
-            writer.writerow(_csv_row(row))
+            writer.writerow(_csv_row(run, row))
 
 
-def _csv_row(row: dict[str, Any]) -> list[Any]:
-    """An epoch's metrics in column order, floats to 6 significant digits."""
-    return [f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in METRIC_COLUMNS]
+def _csv_row(run: Run, row: dict[str, Any]) -> list[Any]:
+    """An epoch's metrics in column order (floats to 6 significant digits), then the run's versions."""
+    metrics = [f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in METRIC_COLUMNS]
+    return metrics + [run.versions.get(k) or "" for k in VERSION_COLUMNS]
