@@ -57,8 +57,9 @@ def train_one_epoch(
     model.train()
     from .backbones import BackboneClassifier, freeze_batchnorm_stats
 
-    if isinstance(model, BackboneClassifier):
-        freeze_batchnorm_stats(model)  # a frozen backbone's running statistics must not drift
+    base = getattr(model, "_orig_mod", model)  # the module inside a torch.compile wrapper
+    if isinstance(base, BackboneClassifier):
+        freeze_batchnorm_stats(base)  # a frozen backbone's running statistics must not drift
     done = dict(partial or {"loss_sum": 0.0, "correct": 0, "seen": 0, "batches": 0})
     loss_sum = torch.tensor(done["loss_sum"], dtype=torch.float64, device=device)
     correct = torch.tensor(done["correct"], dtype=torch.int64, device=device)

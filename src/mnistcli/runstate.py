@@ -43,6 +43,7 @@ class Run:
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
     partial: dict[str, Any] | None = None  # sums of an epoch interrupted part-way
     versions: dict[str, Any] = field(default_factory=dict)  # software, commit and device, for every checkpoint
+    step_model: nn.Module | None = None  # what the loop calls: the model, or its torch.compile wrapper
 
 
 def build_run_model(cfg: Config, arch: dict[str, Any], device: torch.device, cl: bool, weights: Any = None) -> nn.Module:
@@ -79,7 +80,10 @@ def new_run(cfg: Config, out: Path, device: torch.device, spec: dict, arch: dict
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     setup = StepSetup(build_loss(cfg.loss), optimizer, scheduler if per_step else None, scaler, dtype,
                       cfg.train.grad_clip, cfg.train.on_nan)
-    return Run(cfg, out, device, spec, arch, classes, model, train_batches, val_batches, setup, scheduler, per_step)
+    run = Run(cfg, out, device, spec, arch, classes, model, train_batches, val_batches, setup, scheduler, per_step)
+    # Compiled code shares the model's parameters, so checkpoints keep saving `model` itself.
+    run.step_model = torch.compile(model) if cfg.train.compile else model
+    return run
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:

@@ -158,14 +158,14 @@ def _loop(run: Run, progress: bool) -> dict[str, Any]:
             unfreeze(run)
         start, order_before = time.perf_counter(), run.train_batches.state()
         lr = run.setup.optimizer.param_groups[0]["lr"]
-        tr = train_one_epoch(run.model, run.train_batches, run.setup, run.device, epoch, progress, run.partial)
+        tr = train_one_epoch(run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial)
         run.partial = None
         if tr["stopped"]:
             data = {"order": order_before["order"], "augment": run.train_batches.state()["augment"]}
             path = run.out / "interrupted.pt"
             save_checkpoint(payload(run, epoch - 1, run.best, data, tr["partial"]), path)
             raise TrainingInterrupted(path)
-        va = evaluate(run.model, run.val_batches, run.setup.loss_fn, run.device, len(run.classes),
+        va = evaluate(run.step_model, run.val_batches, run.setup.loss_fn, run.device, len(run.classes),
                       run.setup.amp_dtype, progress, f"epoch {epoch} val")
         if run.scheduler is not None and not run.per_step:
             run.scheduler.step()
