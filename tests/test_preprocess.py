@@ -337,3 +337,15 @@ def test_real_mnist_digits_survive_the_round_trip() -> None:
         assert max(r.values()) > 0.9, r
         unshifted.append(r[0, 0])
     assert np.mean(unshifted) > 0.9 and min(unshifted) > 0.7, unshifted
+
+
+def test_mnist_style_png_is_used_as_it_is() -> None:
+    """A dataset digit saved as a 28x28 PNG already is network input: auto leaves its pixels alone."""
+    from mnistcli.preprocess import mode_for, prepare_pixels
+
+    spec = {"dataset": "mnist", "channels": 1, "size": [28, 28], "normalize": True, "mean": [0.1307],
+            "std": [0.3081], "resize": "stretch"}
+    path = Path(__file__).resolve().parents[1] / "data" / "samples" / "digit_3.png"
+    img = Image.open(path)
+    pixels = prepare_pixels(img, spec, mode_for(spec, "auto"))
+    assert torch.equal(pixels[0], torch.from_numpy(np.asarray(img)))

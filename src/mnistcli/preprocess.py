@@ -207,8 +207,17 @@ def _mnist_canvas(img: Image.Image, fashion: bool) -> np.ndarray:
     return np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
 
 
+def _already_prepared(img: Image.Image) -> bool:
+    """A 28x28 grayscale image on a black background already looks like MNIST-family input."""
+    if img.size != (CANVAS, CANVAS) or img.mode not in ("L", "1", "P"):
+        return False
+    return float(np.median(_frame(np.asarray(img.convert("L"))))) < 32
+
+
 def prepare_pixels(img: Image.Image, spec: dict[str, Any], mode: str) -> torch.Tensor:
     """uint8 (C, H, W): what the network sees before normalization, per spec and mode ('mnist' or 'none')."""
+    if mode == "mnist" and _already_prepared(img):
+        mode = "none"  # e.g. a dataset image saved as PNG: reshaping it again would only blur it
     if mode == "mnist":
         canvas = torch.from_numpy(_mnist_canvas(img, spec.get("dataset") == "fashion_mnist"))[None]
         return _resize_tensor(canvas.repeat(spec["channels"], 1, 1), spec["size"])
