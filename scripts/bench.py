@@ -6,6 +6,7 @@
 Each figure is the median of several runs; throughput pairs are measured alternately in one process, so machine
 noise hits both sides alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,32 @@ from mnistcli.optim import build_optimizer  # noqa: E402
 
 # The pytorch/examples MNIST network, as a `cnn` config: conv 32, conv 64 (3x3 valid), max-pool, dropout,
 # dense 128, dropout, out.
-EXAMPLES_NET = {"name": "cnn", "channels": [32, 64], "padding": 0, "pool_every": 2, "batch_norm": False,
-                "conv_dropout": 0.25, "hidden": [128], "dropout": 0.5}
+EXAMPLES_NET = {
+    "name": "cnn",
+    "channels": [32, 64],
+    "padding": 0,
+    "pool_every": 2,
+    "batch_norm": False,
+    "conv_dropout": 0.25,
+    "hidden": [128],
+    "dropout": 0.5,
+}
 MLI = [sys.executable, "-m", "mnistcli"]
 
 
 class TutorialNet(torch.nn.Module):
     """A CNN as tutorials write it: conv -> (batch norm) -> ReLU -> (max-pool), then dense layers."""
 
-    def __init__(self, channels: list[int], padding: int, pool_every: int, batch_norm: bool, hidden: int,
-                 conv_dropout: float, dropout: float) -> None:
+    def __init__(
+        self,
+        channels: list[int],
+        padding: int,
+        pool_every: int,
+        batch_norm: bool,
+        hidden: int,
+        conv_dropout: float,
+        dropout: float,
+    ) -> None:
         super().__init__()
         layers: list[torch.nn.Module] = []
         in_ch, side = 1, 28
@@ -57,8 +74,13 @@ class TutorialNet(torch.nn.Module):
                 side //= 2
             in_ch = out_ch
         self.features = torch.nn.Sequential(*layers)
-        self.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_ch * side * side, hidden),
-                                              torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 10))
+        self.classifier = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(in_ch * side * side, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores for (N, 1, 28, 28) images."""
@@ -109,29 +131,41 @@ def throughput(repeats: int, steps: int, batch: int) -> list[dict]:
     default = load_config(REPO / "configs" / "mnist_cnn.yaml").model
     nets = (
         ("pytorch/examples Net", EXAMPLES_NET, dict(channels=[32, 64], padding=0, pool_every=2, batch_norm=False)),
-        ("cnn default (mnist_cnn.yaml)", {k: v for k, v in default.__dict__.items() if k != "head"},
-         dict(channels=default.channels, padding=1, pool_every=1, batch_norm=True)),
+        (
+            "cnn default (mnist_cnn.yaml)",
+            {k: v for k, v in default.__dict__.items() if k != "head"},
+            dict(channels=default.channels, padding=1, pool_every=1, batch_norm=True),
+        ),
     )
     for label, model_cfg, layout in nets:
-        cfg = load_config({"data": {"name": "mnist", "root": str(REPO / "data"), "batch_size": batch}, "model": model_cfg})
+        cfg = load_config(
+            {"data": {"name": "mnist", "root": str(REPO / "data"), "batch_size": batch}, "model": model_cfg}
+        )
         spec = input_spec(cfg, False)
         splits, _ = open_splits(cfg, spec, ["train"])
         batches = make_batches(splits["train"], cfg, spec, torch.device("cpu"), train=True, channels_last=True)
         arch = arch_spec(cfg.model, [1, 28, 28], 10)
-        by_hand = lambda: TutorialNet(**layout, hidden=cfg.model.hidden[0], conv_dropout=cfg.model.conv_dropout,
-                                      dropout=cfg.model.dropout)
-        count = lambda m: sum(p.numel() for p in m.parameters())
-        assert count(by_hand()) == count(build_model(arch)), "the two sides must train the same network"
+        m = cfg.model
+        hand_kwargs = dict(**layout, hidden=m.hidden[0], conv_dropout=m.conv_dropout, dropout=m.dropout)
+        count = lambda net: sum(p.numel() for p in net.parameters())
+        assert count(TutorialNet(**hand_kwargs)) == count(build_model(arch)), "both sides must train one network"
         loader = tutorial_loader(batch)
         tut, eng = [], []
         for _ in range(repeats):
             torch.manual_seed(0)
-            tut.append(tutorial_steps(by_hand(), loader, steps))
+            tut.append(tutorial_steps(TutorialNet(**hand_kwargs), loader, steps))
             torch.manual_seed(0)
             eng.append(engine_steps(build_model(arch).to(memory_format=torch.channels_last), batches, steps))
         t, e = statistics.median(tut), statistics.median(eng)
-        rows.append({"network": label, "batch": batch, "tutorial img/s": round(t), "mnistcli img/s": round(e),
-                     "ratio": round(e / t, 2)})
+        rows.append(
+            {
+                "network": label,
+                "batch": batch,
+                "tutorial img/s": round(t),
+                "mnistcli img/s": round(e),
+                "ratio": round(e / t, 2),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -156,8 +190,15 @@ def accuracy_runs(configs: list[str], repeats: int, out_root: Path) -> list[dict
             _, ev = timed([*MLI, "eval", "--ckpt", str(out / "best.pt"), "--json"])
             times.append(seconds)
             accs.append(json.loads(ev.stdout)["accuracy"])
-        rows.append({"config": config, "runs": repeats, "train wall s (median)": round(statistics.median(times), 1),
-                     "test accuracy (min)": round(min(accs), 4), "test accuracy (median)": round(statistics.median(accs), 4)})
+        rows.append(
+            {
+                "config": config,
+                "runs": repeats,
+                "train wall s (median)": round(statistics.median(times), 1),
+                "test accuracy (min)": round(min(accs), 4),
+                "test accuracy (median)": round(statistics.median(accs), 4),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -171,8 +212,11 @@ def cold_start(ckpt: Path, repeats: int) -> list[dict]:
     for _ in range(repeats):
         b.append(timed(base)[0])
         p.append(timed(predict)[0])
-    row = {"import torch s": round(statistics.median(b), 2), "mnistcli predict s": round(statistics.median(p), 2),
-           "ratio": round(statistics.median(p) / statistics.median(b), 2)}
+    row = {
+        "import torch s": round(statistics.median(b), 2),
+        "mnistcli predict s": round(statistics.median(p), 2),
+        "ratio": round(statistics.median(p) / statistics.median(b), 2),
+    }
     print(row, flush=True)
     return [row]
 
@@ -201,17 +245,29 @@ def digits(ckpt: Path, n: int, tmp: Path) -> list[dict]:
     rows = []
     for name, samples in (("MNIST test digits on paper", mnist_style(n, 0)), ("typed digits (system fonts)", typed(1))):
         if samples:
-            rows.append({"images": f"{len(samples)} {name}", "--preprocess auto": round(accuracy(ckpt, samples, "auto", tmp), 3),
-                         "--preprocess none": round(accuracy(ckpt, samples, "none", tmp), 3)})
+            rows.append(
+                {
+                    "images": f"{len(samples)} {name}",
+                    "--preprocess auto": round(accuracy(ckpt, samples, "auto", tmp), 3),
+                    "--preprocess none": round(accuracy(ckpt, samples, "none", tmp), 3),
+                }
+            )
             print(rows[-1], flush=True)
     alone = tmp / "alone" / "model.pt"  # the checkpoint copied alone to another folder
     alone.parent.mkdir()
     shutil.copy(ckpt, alone)
     samples = sorted((REPO / "data" / "samples").glob("digit_*.png"))
     _, proc = timed([*MLI, "predict", *map(str, samples), "--ckpt", str(alone), "--json"])
-    right = sum(json.loads(line)["index"] == int(Path(json.loads(line)["path"]).stem[-1]) for line in proc.stdout.splitlines())
-    rows.append({"images": "data/samples/digit_*.png, checkpoint copied alone", "--preprocess auto": f"{right}/{len(samples)}",
-                 "--preprocess none": "-"})
+    right = sum(
+        json.loads(line)["index"] == int(Path(json.loads(line)["path"]).stem[-1]) for line in proc.stdout.splitlines()
+    )
+    rows.append(
+        {
+            "images": "data/samples/digit_*.png, checkpoint copied alone",
+            "--preprocess auto": f"{right}/{len(samples)}",
+            "--preprocess none": "-",
+        }
+    )
     print(rows[-1], flush=True)
     return rows
 
@@ -226,8 +282,10 @@ def table(rows: list[dict]) -> str:
 
 def machine() -> str:
     """One line on the hardware and software measured."""
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}, {platform.system()}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 def main() -> None:
@@ -237,7 +295,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=120, help="training steps per throughput measurement")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--configs", nargs="+", default=["configs/mnist_fast.yaml", "configs/mnist_cnn.yaml", "configs/mnist_mlp.yaml"])
+    parser.add_argument(
+        "--configs", nargs="+", default=["configs/mnist_fast.yaml", "configs/mnist_cnn.yaml", "configs/mnist_mlp.yaml"]
+    )
     parser.add_argument("--write", default=str(REPO / "docs" / "BENCHMARKS.md"))
     parser.add_argument("--digits", type=int, default=500, help="MNIST-derived user-style digits to predict")
     args = parser.parse_args()
@@ -245,29 +305,62 @@ def main() -> None:
     sections: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if "throughput" in only:
-            sections.append(("Training throughput: tutorial loop vs mnistcli, same network, same batch",
-                             table(throughput(args.repeats, args.steps, args.batch))))
+            sections.append(
+                (
+                    "Training throughput: tutorial loop vs mnistcli, same network, same batch",
+                    table(throughput(args.repeats, args.steps, args.batch)),
+                )
+            )
         if "accuracy" in only:
-            sections.append(("Time to accuracy: `mnistcli train` wall time, then `mnistcli eval` on the 10,000 test images",
-                             table(accuracy_runs(args.configs, args.repeats, Path(tmp)))))
+            sections.append(
+                (
+                    "Time to accuracy: `mnistcli train` wall time, then `mnistcli eval` on the 10,000 test images",
+                    table(accuracy_runs(args.configs, args.repeats, Path(tmp))),
+                )
+            )
         ckpt = Path(tmp) / "cold" / "best.pt"
         if only & {"cold", "eval"}:
-            timed([*MLI, "train", "configs/smoke.yaml", "--set", "data.name=mnist", "--set", "train.epochs=1",
-                   "--set", "data.val_split=0.5", "--out", str(ckpt.parent), "--quiet", "--overwrite"])
+            timed(
+                [
+                    *MLI,
+                    "train",
+                    "configs/smoke.yaml",
+                    "--set",
+                    "data.name=mnist",
+                    "--set",
+                    "train.epochs=1",
+                    "--set",
+                    "data.val_split=0.5",
+                    "--out",
+                    str(ckpt.parent),
+                    "--quiet",
+                    "--overwrite",
+                ]
+            )
         if "cold" in only:
-            sections.append(("Cold start: `mnistcli predict` on one image vs `python -c \"import torch\"`",
-                             table(cold_start(ckpt, max(args.repeats, 5)))))
+            sections.append(
+                (
+                    'Cold start: `mnistcli predict` on one image vs `python -c "import torch"`',
+                    table(cold_start(ckpt, max(args.repeats, 5))),
+                )
+            )
         if "eval" in only:
             sections.append(("Evaluation throughput on the MNIST test split", table(eval_speed(ckpt, args.repeats))))
         if "digits" in only:
             cnn = Path(tmp) / "mnist_cnn-0" / "best.pt"
             if not cnn.exists():
                 timed([*MLI, "train", "configs/mnist_cnn.yaml", "--out", str(cnn.parent), "--quiet", "--overwrite"])
-            sections.append(("Predict on digits as users draw them (dark on light, RGB, odd sizes, margins), mnist_cnn.yaml model",
-                             table(digits(cnn, args.digits, Path(tmp)))))
+            sections.append(
+                (
+                    "Predict on digits as users draw them (dark on light, RGB, odd sizes, margins), mnist_cnn model",
+                    table(digits(cnn, args.digits, Path(tmp))),
+                )
+            )
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
     text = "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)
-    report = f"## Run of {time.strftime('%Y-%m-%d')}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{text}\n"
+    report = (
+        f"## Run of {time.strftime('%Y-%m-%d')}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{text}\n"
+    )
     print(report)
     if args.write:
         write_report(Path(args.write), report)

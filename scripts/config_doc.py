@@ -1,4 +1,5 @@
 """Regenerate docs/CONFIG.md from the schema in src/mnistcli/config.py (field, default, comment)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@
 
 Training images come from the MNIST training set, test images from the MNIST test set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from user_digits import REPO, read_idx
 
 NAMES = {0: "zero", 1: "one", 2: "two"}
@@ -33,8 +33,18 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=60)
     args = parser.parse_args()
     raw = REPO / "data" / "MNIST" / "raw"
-    write_split(args.out / "train", read_idx(raw / "train-images-idx3-ubyte.gz"), read_idx(raw / "train-labels-idx1-ubyte.gz"), args.per_class)
-    write_split(args.out / "test", read_idx(raw / "t10k-images-idx3-ubyte.gz"), read_idx(raw / "t10k-labels-idx1-ubyte.gz"), args.per_class // 2)
+    write_split(
+        args.out / "train",
+        read_idx(raw / "train-images-idx3-ubyte.gz"),
+        read_idx(raw / "train-labels-idx1-ubyte.gz"),
+        args.per_class,
+    )
+    write_split(
+        args.out / "test",
+        read_idx(raw / "t10k-images-idx3-ubyte.gz"),
+        read_idx(raw / "t10k-labels-idx1-ubyte.gz"),
+        args.per_class // 2,
+    )
     print(f"wrote {args.out}/train and {args.out}/test: classes {', '.join(NAMES.values())}")
 
 

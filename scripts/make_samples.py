@@ -1,11 +1,11 @@
 """Write data/samples/: the first MNIST test image of each digit as a PNG, for README's predict example."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from user_digits import read_idx
 
 RAW = Path("data/MNIST/raw")

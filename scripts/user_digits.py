@@ -5,6 +5,7 @@
 Made from real MNIST test digits (inverted, enlarged, placed on a paper-like canvas) and from digits typed in
 whatever TrueType fonts this machine has.
 """
+
 from __future__ import annotations
 
 import argparse

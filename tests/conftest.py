@@ -1,4 +1,5 @@
 """Fixtures that write small datasets in the real file formats: IDX (gzip) for MNIST-family, PNG class folders."""
+
 from __future__ import annotations
 
 import gzip

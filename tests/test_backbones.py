@@ -1,4 +1,5 @@
 """Torchvision backbones with a new head: shapes, rebuild from spec, pretrained loading offline, freezing."""
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,17 @@ def test_every_backbone_outputs_classes(name: str) -> None:
 def test_rebuild_from_spec_reproduces_outputs() -> None:
     cfg = ModelConfig(name="resnet18", log_softmax=True, head=HeadConfig(hidden=[8], activation="silu", dropout=0.2))
     spec = json.loads(json.dumps(backbone_spec(cfg, [3, 32, 32], 4)))  # kwargs are plain data
-    assert spec == {"name": "resnet18", "kwargs": {"name": "resnet18", "num_classes": 4, "head_hidden": [8],
-                    "head_activation": "silu", "head_dropout": 0.2, "log_softmax": True}}
+    assert spec == {
+        "name": "resnet18",
+        "kwargs": {
+            "name": "resnet18",
+            "num_classes": 4,
+            "head_hidden": [8],
+            "head_activation": "silu",
+            "head_dropout": 0.2,
+            "log_softmax": True,
+        },
+    }
     torch.manual_seed(0)
     model = build_backbone(**spec["kwargs"]).eval()
     torch.manual_seed(1)
@@ -170,8 +180,10 @@ def test_densenet_legacy_keys_are_renamed(tmp_path: Path, offline: Path) -> None
     torch.manual_seed(0)
     state = torchvision.models.densenet121(weights=None).state_dict()
     # The published checkpoints spell 'denselayer1.norm1' as 'denselayer1.norm.1'.
-    legacy = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2.") if "denselayer" in k else k: v
-              for k, v in state.items()}
+    legacy = {
+        k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2.") if "denselayer" in k else k: v
+        for k, v in state.items()
+    }
     assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
     torch.save(legacy, tmp_path / "d121.pth")
     torch.manual_seed(1)
@@ -200,8 +212,10 @@ def test_frozen_backbone_is_left_out_of_the_optimizer() -> None:
 
 def sgd_step(model: BackboneClassifier) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One training step on random data, as the loop does it; returns backbone and head state before the step."""
-    before = ({k: v.clone() for k, v in model.backbone.state_dict().items()},
-              {k: v.clone() for k, v in model.head.state_dict().items()})
+    before = (
+        {k: v.clone() for k, v in model.backbone.state_dict().items()},
+        {k: v.clone() for k, v in model.head.state_dict().items()},
+    )
     model.train()
     freeze_batchnorm_stats(model)
     opt = torch.optim.SGD(param_groups(model, 0.1, None), lr=0.1)

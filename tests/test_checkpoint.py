@@ -1,4 +1,5 @@
 """Checkpoints are data: unsafe, broken or foreign files are refused with one line; writes are atomic."""
+
 from __future__ import annotations
 
 import os
@@ -15,15 +16,30 @@ from mnistcli.config import ModelConfig
 from mnistcli.errors import CheckpointError
 from mnistcli.models import arch_spec, build_model
 
-SPEC = {"dataset": "mnist", "channels": 1, "size": [28, 28], "normalize": True, "mean": [0.1307], "std": [0.3081],
-        "resize": "stretch"}
+SPEC = {
+    "dataset": "mnist",
+    "channels": 1,
+    "size": [28, 28],
+    "normalize": True,
+    "mean": [0.1307],
+    "std": [0.3081],
+    "resize": "stretch",
+}
 
 
 def real_payload() -> dict:
     arch = arch_spec(ModelConfig(name="cnn", channels=[4], hidden=[8]), [1, 28, 28], 10)
     model = build_model(arch)
-    return {"arch": arch, "state_dict": model.state_dict(), "classes": [str(i) for i in range(10)],
-            "input_spec": SPEC, "epoch": 1, "metrics": {"val_acc": 0.5}, "config": {}, "versions": {}}
+    return {
+        "arch": arch,
+        "state_dict": model.state_dict(),
+        "classes": [str(i) for i in range(10)],
+        "input_spec": SPEC,
+        "epoch": 1,
+        "metrics": {"val_acc": 0.5},
+        "config": {},
+        "versions": {},
+    }
 
 
 class Exploit:

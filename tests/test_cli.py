@@ -1,4 +1,5 @@
 """End to end through the real CLI: train -> eval -> predict on small IDX data, plus its error contract."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """One tiny training run through the CLI, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "out"
-    result = runner.invoke(app, ["train", str(tiny_config(tmp, mnist_root)), "--out", str(out), "--quiet",
-                                 "--set", "optimizer.lr=0.01"])
+    result = runner.invoke(
+        app, ["train", str(tiny_config(tmp, mnist_root)), "--out", str(out), "--quiet", "--set", "optimizer.lr=0.01"]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -64,8 +66,12 @@ def test_eval_json(trained: Path, mnist_root: Path) -> None:
     assert 0.5 < res["accuracy"] <= 1 and res["loss"] > 0
     assert list(res["per_class"]) == torch.load(trained / "best.pt", weights_only=True)["classes"]
     assert all(0 <= acc <= 1 for acc in res["per_class"].values())
-    val = json.loads(runner.invoke(app, ["eval", "--ckpt", str(trained / "best.pt"), "--json", "--split", "val",
-                                         "--data-root", str(mnist_root)]).stdout)
+    val = json.loads(
+        runner.invoke(
+            app,
+            ["eval", "--ckpt", str(trained / "best.pt"), "--json", "--split", "val", "--data-root", str(mnist_root)],
+        ).stdout
+    )
     assert val["n"] == 80  # 20% of the 400 training images, the same split training used
     metrics = torch.load(trained / "best.pt", weights_only=True)["metrics"]
     assert val["accuracy"] == pytest.approx(metrics["val_acc"])
@@ -83,7 +89,9 @@ def test_predict_from_the_checkpoint_alone(trained: Path, tmp_path: Path, mnist_
         path = tmp_path / f"img{label}.png"
         Image.fromarray(digit_like(label, rng)).save(path)
         paths.append(str(path))
-    result = runner.invoke(app, ["predict", *paths, "--ckpt", str(alone), "--json", "--topk", "3", "--preprocess", "none"])
+    result = runner.invoke(
+        app, ["predict", *paths, "--ckpt", str(alone), "--json", "--topk", "3", "--preprocess", "none"]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in lines] == paths
@@ -121,7 +129,10 @@ def test_unknown_key_is_one_line_exit_2(tmp_path: Path) -> None:
         (["train", "missing.yaml"], "config file not found"),
         (["train", "configs/smoke.yaml", "--set", "model.name=resnet"], "unknown model 'resnet'"),
         (["train", "configs/smoke.yaml", "--set", "optimizer.name=adamm"], "did you mean 'adam'"),
-        (["train", "configs/smoke.yaml", "--set", "data.name=mnsit"], "allowed: fake, fashion_mnist, image_folder, mnist"),
+        (
+            ["train", "configs/smoke.yaml", "--set", "data.name=mnsit"],
+            "allowed: fake, fashion_mnist, image_folder, mnist",
+        ),
         (["train", "configs/smoke.yaml", "--set", "train.device=cuda:7"], "train.device"),
         (["train", "configs/smoke.yaml", "--set", "loss.name=nll"], "log_softmax"),
         (["eval", "--ckpt", "nothing.pt"], "checkpoint not found"),
@@ -134,7 +145,7 @@ def test_errors_are_one_line(args: list[str], needle: str, tmp_path: Path) -> No
 
 
 def test_help_imports_no_torch() -> None:
-    code = "import sys; from mnistcli.cli import app; assert 'torch' not in sys.modules and 'torchvision' not in sys.modules"
+    code = "import sys; from mnistcli.cli import app; assert not {'torch', 'torchvision'} & set(sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     proc = subprocess.run([sys.executable, "-m", "mnistcli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "predict" in proc.stdout

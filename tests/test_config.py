@@ -1,4 +1,5 @@
 """The config schema: defaults, YAML, overrides, and one-line errors naming the dotted key."""
+
 from __future__ import annotations
 
 from pathlib import Path

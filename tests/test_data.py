@@ -1,4 +1,5 @@
 """Datasets through torchvision's real classes on files the tests write; splits, loaders and batch presets."""
+
 from __future__ import annotations
 
 import logging
@@ -92,8 +93,15 @@ def test_training_batches_are_shuffled_reproducibly(mnist_root: Path) -> None:
 
 
 def spec_of(size: int = 28, channels: int = 1, resize: str = "stretch") -> dict:
-    return {"dataset": "mnist", "channels": channels, "size": [size, size], "normalize": True, "mean": [0.5] * channels,
-            "std": [0.25] * channels, "resize": resize}
+    return {
+        "dataset": "mnist",
+        "channels": channels,
+        "size": [size, size],
+        "normalize": True,
+        "mean": [0.5] * channels,
+        "std": [0.25] * channels,
+        "resize": resize,
+    }
 
 
 def test_batch_transform_normalizes_and_converts() -> None:
@@ -120,7 +128,9 @@ def test_augmentations_are_random_but_seeded() -> None:
 def test_hflip_flips() -> None:
     x = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
     x[:, :, :, :2] = 255  # a bar on the left
-    out = BatchTransform({**spec_of(size=8), "normalize": False}, AugmentConfig(hflip=True))(x, torch.Generator().manual_seed(0))
+    out = BatchTransform({**spec_of(size=8), "normalize": False}, AugmentConfig(hflip=True))(
+        x, torch.Generator().manual_seed(0)
+    )
     left, right = out[:, 0, :, :2].mean((1, 2)), out[:, 0, :, -2:].mean((1, 2))
     flipped = right > left
     assert 10 < int(flipped.sum()) < 54  # about half
@@ -136,8 +146,14 @@ def write_folder(root: Path, classes: list[str], n: int = 3) -> Path:
 
 
 def test_image_folder_classes_and_val_dir(folder_root: Path) -> None:
-    cfg = cfg_for(name="image_folder", train_dir=str(folder_root / "train"), val_dir=str(folder_root / "val"),
-                  test_dir=str(folder_root / "test"), image_size=24, num_workers=0)
+    cfg = cfg_for(
+        name="image_folder",
+        train_dir=str(folder_root / "train"),
+        val_dir=str(folder_root / "val"),
+        test_dir=str(folder_root / "test"),
+        image_size=24,
+        num_workers=0,
+    )
     spec = input_spec(cfg, False)
     assert not use_memory(cfg, spec)
     splits, classes = open_splits(cfg, spec, ["train", "val", "test"])

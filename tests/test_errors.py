@@ -1,4 +1,5 @@
 """Bad input: one clear line, exit code 2, nothing lost; non-finite losses; determinism."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,12 @@ from mnistcli.errors import UserError
 from mnistcli.training import train
 
 runner = CliRunner()
-FAKE = {"seed": 1, "data": {"name": "fake", "fake_size": 64, "val_split": 16, "batch_size": 16},
-        "model": {"name": "cnn", "channels": [4], "hidden": [8]}, "train": {"epochs": 1}}
+FAKE = {
+    "seed": 1,
+    "data": {"name": "fake", "fake_size": 64, "val_split": 16, "batch_size": 16},
+    "model": {"name": "cnn", "channels": [4], "hidden": [8]},
+    "train": {"epochs": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,9 @@ def test_predict_keeps_going_past_bad_images(ckpt: Path, tmp_path: Path) -> None
     Image.new("L", (40, 30), 255).save(good)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    result = runner.invoke(app, ["predict", str(tmp_path / "missing.png"), str(good), str(text), "--ckpt", str(ckpt), "--json"])
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "missing.png"), str(good), str(text), "--ckpt", str(ckpt), "--json"]
+    )
     assert result.exit_code == 2
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["path"] == str(good)
@@ -80,8 +87,12 @@ def test_non_finite_loss_skip_counts_batches(tmp_path: Path) -> None:
 
 
 def test_two_runs_give_the_same_metrics(tmp_path: Path) -> None:
-    cfg = {**FAKE, "data": {**FAKE["data"], "augment": {"rotation": 15}}, "model": {**FAKE["model"], "dropout": 0.3},
-           "train": {"epochs": 2, "deterministic": True}}
+    cfg = {
+        **FAKE,
+        "data": {**FAKE["data"], "augment": {"rotation": 15}},
+        "model": {**FAKE["model"], "dropout": 0.3},
+        "train": {"epochs": 2, "deterministic": True},
+    }
     a = train(cfg, out=tmp_path / "a")
     b = train(cfg, out=tmp_path / "b")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]

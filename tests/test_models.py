@@ -1,4 +1,5 @@
 """Every model builds from a spec, infers its input size, and gives (N, classes) outputs."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,22 +23,43 @@ def test_output_shape(name: str, shape: list[int]) -> None:
 def test_presets_are_the_tutorial_networks() -> None:
     clf = build_model(arch_spec(ModelConfig(name="image_classifier"), [1, 28, 28], 10))
     convs = [m for m in clf.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 32, (3, 3)), (32, 64, (3, 3)), (64, 64, (3, 3))]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 32, (3, 3)),
+        (32, 64, (3, 3)),
+        (64, 64, (3, 3)),
+    ]
     linears = [m for m in clf.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(64 * 22 * 22, 10)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64 * 22 * 22, 10)]
     lenet = build_model(arch_spec(ModelConfig(name="lenet_tutorial"), [1, 28, 28], 10))
-    assert [(l.in_features, l.out_features) for l in lenet.modules() if isinstance(l, torch.nn.Linear)] == [
-        (12 * 4 * 4, 120), (120, 60), (60, 10)]
+    assert [(m.in_features, m.out_features) for m in lenet.modules() if isinstance(m, torch.nn.Linear)] == [
+        (12 * 4 * 4, 120),
+        (120, 60),
+        (60, 10),
+    ]
     mlp = build_model(arch_spec(ModelConfig(name="mlp_tutorial", log_softmax=True), [1, 28, 28], 10))
-    assert [(l.in_features, l.out_features) for l in mlp.modules() if isinstance(l, torch.nn.Linear)] == [
-        (784, 128), (128, 64), (64, 10)]
+    assert [(m.in_features, m.out_features) for m in mlp.modules() if isinstance(m, torch.nn.Linear)] == [
+        (784, 128),
+        (128, 64),
+        (64, 10),
+    ]
     out = mlp(torch.randn(4, 1, 28, 28))
     assert torch.allclose(out.exp().sum(1), torch.ones(4), atol=1e-5)  # log-probabilities
 
 
 def test_cnn_options_change_the_architecture() -> None:
-    cfg = ModelConfig(name="cnn", channels=[8, 16, 32], hidden=[64, 32], batch_norm=False, pool="avg", pool_every=2,
-                      padding=0, kernel_size=3, conv_dropout=0.1, dropout=0.2, activation="gelu")
+    cfg = ModelConfig(
+        name="cnn",
+        channels=[8, 16, 32],
+        hidden=[64, 32],
+        batch_norm=False,
+        pool="avg",
+        pool_every=2,
+        padding=0,
+        kernel_size=3,
+        conv_dropout=0.1,
+        dropout=0.2,
+        activation="gelu",
+    )
     model = build_model(arch_spec(cfg, [1, 28, 28], 10))
     kinds = [type(m).__name__ for m in model.features]
     assert "BatchNorm2d" not in kinds and kinds.count("AvgPool2d") == 1 and kinds.count("GELU") == 3

@@ -1,4 +1,5 @@
 """preprocess: image files -> the tensor a network expects (channel conversion, resize/crop, MNIST recipe, maths)."""
+
 from __future__ import annotations
 
 import gzip
@@ -25,11 +26,25 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_TEST = REPO / "data" / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
 
 
-def spec(dataset: str = "mnist", channels: int = 1, size: tuple[int, int] = (28, 28), resize: str = "stretch",
-         norm: bool = True, mean: list[float] | None = None, std: list[float] | None = None) -> dict:
+def spec(
+    dataset: str = "mnist",
+    channels: int = 1,
+    size: tuple[int, int] = (28, 28),
+    resize: str = "stretch",
+    norm: bool = True,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> dict:
     """An input spec as checkpoints carry it."""
-    return {"dataset": dataset, "channels": channels, "size": list(size), "normalize": norm,
-            "mean": mean or [0.1307] * channels, "std": std or [0.3081] * channels, "resize": resize}
+    return {
+        "dataset": dataset,
+        "channels": channels,
+        "size": list(size),
+        "normalize": norm,
+        "mean": mean or [0.1307] * channels,
+        "std": std or [0.3081] * channels,
+        "resize": resize,
+    }
 
 
 def ink_stats(canvas: np.ndarray) -> tuple[int, int, float, float]:
@@ -97,8 +112,12 @@ def test_open_image_errors_are_one_line(tmp_path: Path, case: str) -> None:
         open_image(str(path))
     msg = str(info.value)
     assert msg.startswith(f"{path}: ") and "\n" not in msg
-    expected = {"missing": "not found", "directory": "directory", "text": "not an image file",
-                "truncated": "not an image file"}[case]
+    expected = {
+        "missing": "not found",
+        "directory": "directory",
+        "text": "not an image file",
+        "truncated": "not an image file",
+    }[case]
     assert expected in msg
 
 
@@ -343,8 +362,15 @@ def test_mnist_style_png_is_used_as_it_is() -> None:
     """A dataset digit saved as a 28x28 PNG already is network input: auto leaves its pixels alone."""
     from mnistcli.preprocess import mode_for, prepare_pixels
 
-    spec = {"dataset": "mnist", "channels": 1, "size": [28, 28], "normalize": True, "mean": [0.1307],
-            "std": [0.3081], "resize": "stretch"}
+    spec = {
+        "dataset": "mnist",
+        "channels": 1,
+        "size": [28, 28],
+        "normalize": True,
+        "mean": [0.1307],
+        "std": [0.3081],
+        "resize": "stretch",
+    }
     path = Path(__file__).resolve().parents[1] / "data" / "samples" / "digit_3.png"
     img = Image.open(path)
     pixels = prepare_pixels(img, spec, mode_for(spec, "auto"))

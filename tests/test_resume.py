@@ -1,4 +1,5 @@
 """Exact resume, and a real SIGINT to a real training process."""
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,13 @@ from mnistcli.training import train
 
 BASE = {
     "seed": 3,
-    "data": {"name": "fake", "fake_size": 240, "val_split": 40, "batch_size": 16, "augment": {"rotation": 10, "translate": 0.1}},
+    "data": {
+        "name": "fake",
+        "fake_size": 240,
+        "val_split": 40,
+        "batch_size": 16,
+        "augment": {"rotation": 10, "translate": 0.1},
+    },
     "model": {"name": "cnn", "channels": [4, 8], "hidden": [16], "dropout": 0.3},
     "optimizer": {"name": "adam", "lr": 0.002},
     "scheduler": {"name": "step", "step_size": 1, "gamma": 0.5},
@@ -34,7 +41,9 @@ def assert_same_run(a: Path, b: Path) -> None:
     wa, wb = weights(a / "last.pt"), weights(b / "last.pt")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    rows = lambda run: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((run / "metrics.csv").open())]
+    rows = lambda run: [
+        {k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((run / "metrics.csv").open())
+    ]
     assert rows(a) == rows(b)  # all but the wall-clock seconds
 
 

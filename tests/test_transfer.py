@@ -1,4 +1,5 @@
 """Pretrained backbones end to end: local weights, frozen backbone bit-identical, unfreezing, folder classes."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,15 @@ def folders(folder_root: Path) -> Path:
 def config(folders: Path, weights: Path, **train_keys: object) -> dict:
     return {
         "seed": 0,
-        "data": {"name": "image_folder", "train_dir": str(folders / "train"), "test_dir": str(folders / "test"),
-                 "val_split": 6, "image_size": 32, "batch_size": 8, "num_workers": 0},
+        "data": {
+            "name": "image_folder",
+            "train_dir": str(folders / "train"),
+            "test_dir": str(folders / "test"),
+            "val_split": 6,
+            "image_size": 32,
+            "batch_size": 8,
+            "num_workers": 0,
+        },
         "model": {"name": "resnet18", "pretrained": True, "weights_path": str(weights), "head": {"hidden": [16]}},
         "optimizer": {"name": "adam", "lr": 0.01, "backbone_lr": 0.001},
         "train": {"epochs": 2, **train_keys},
@@ -66,7 +74,9 @@ def test_frozen_backbone_stays_bit_identical(tmp_path: Path, folders: Path, weig
     head_before = torch.load(out / "last.pt", weights_only=True)["resume"]["optimizer"]["param_groups"]
     assert len(head_before) == 1  # frozen parameters are not in the optimizer
 
-    result = runner.invoke(app, ["predict", str(folders / "test" / "dog" / "0.png"), "--ckpt", str(out / "best.pt"), "--json"])
+    result = runner.invoke(
+        app, ["predict", str(folders / "test" / "dog" / "0.png"), "--ckpt", str(out / "best.pt"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["label"] in {"cat", "dog", "fox"}
     result = runner.invoke(app, ["eval", "--ckpt", str(out / "best.pt"), "--json"])
@@ -84,7 +94,9 @@ def test_unfreeze_at_epoch_fine_tunes_the_backbone(tmp_path: Path, folders: Path
     assert [g["lr"] for g in groups] == [0.01, 0.001]
 
 
-def test_missing_weights_offline_is_one_clear_line(tmp_path: Path, folders: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_weights_offline_is_one_clear_line(
+    tmp_path: Path, folders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # no network: fail fast
         monkeypatch.setenv(var, "http://127.0.0.1:9")
@@ -100,8 +112,19 @@ def test_cli_missing_weights_is_one_line_exit_2(tmp_path: Path, folders: Path, m
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
-    result = runner.invoke(app, ["train", str(Path(__file__).resolve().parents[1] / "configs" / "imagefolder_resnet18.yaml"),
-                                 "--set", f"data.train_dir={folders / 'train'}", "--set", f"data.test_dir={folders / 'test'}",
-                                 "--out", str(tmp_path / "run"), "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(Path(__file__).resolve().parents[1] / "configs" / "imagefolder_resnet18.yaml"),
+            "--set",
+            f"data.train_dir={folders / 'train'}",
+            "--set",
+            f"data.test_dir={folders / 'test'}",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and "resnet18-f37072fd.pth" in result.output

@@ -2,6 +2,7 @@
 
 The package imports no torch until a function below is called, so the CLI's `--help` stays fast.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

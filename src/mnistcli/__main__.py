@@ -1,4 +1,5 @@
 """`python -m mnistcli` runs the CLI."""
+
 from .cli import main
 
 main()

@@ -11,6 +11,7 @@ the head's input is the width of that final Linear's input (e.g. 1024 for mobile
 Pretrained weights are always torchvision's IMAGENET1K_V1 (every family has it, and it matches the data side's
 Resize(256/224) + CenterCrop preprocessing); the expected cache file is the last part of that enum's url.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,8 +99,9 @@ def build_backbone(
 
     backbone = get_model(_check_name(name), weights=None)
     key, in_features = _strip_classifier(backbone)
-    head = nn.Sequential(*dense_layers(in_features, list(head_hidden), num_classes, head_activation,
-                                       head_dropout, log_softmax))
+    head = nn.Sequential(
+        *dense_layers(in_features, list(head_hidden), num_classes, head_activation, head_dropout, log_softmax)
+    )
     return BackboneClassifier(backbone, head, key, in_features)
 
 
@@ -142,7 +144,7 @@ def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise UserError(f"{what}: {path} is not a state_dict (a mapping of names to tensors)")
     if any(k.startswith("backbone.") for k in data):  # an mnistcli checkpoint: keep its backbone's weights
-        return {k[len("backbone."):]: v for k, v in data.items() if k.startswith("backbone.")}
+        return {k[len("backbone.") :]: v for k, v in data.items() if k.startswith("backbone.")}
     return dict(data)
 
 
@@ -151,13 +153,21 @@ def _download(name: str, url: str, cached: Path) -> dict[str, torch.Tensor]:
     log.info("downloading %s to %s", url, cached)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # torch.hub prints its own "Downloading" line there
-            return torch.hub.load_state_dict_from_url(url, model_dir=str(cached.parent), map_location="cpu",
-                                                      progress=False, check_hash=True, weights_only=True)
+            return torch.hub.load_state_dict_from_url(
+                url,
+                model_dir=str(cached.parent),
+                map_location="cpu",
+                progress=False,
+                check_hash=True,
+                weights_only=True,
+            )
     # URLError/socket errors are OSErrors; a hash mismatch is a RuntimeError; a cut connection an HTTPException.
     except (OSError, HTTPException, RuntimeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
-        raise UserError(f"pretrained weights for {name} are not available offline: download {url} to "
-                        f"{cached}, or set model.weights_path ({reason})") from None
+        raise UserError(
+            f"pretrained weights for {name} are not available offline: download {url} to "
+            f"{cached}, or set model.weights_path ({reason})"
+        ) from None
 
 
 def fetch_pretrained(name: str, weights_path: str | None) -> tuple[dict[str, torch.Tensor], str]:
@@ -171,7 +181,9 @@ def fetch_pretrained(name: str, weights_path: str | None) -> tuple[dict[str, tor
 
 
 def load_pretrained(
-    model: BackboneClassifier, name: str, weights_path: str | None,
+    model: BackboneClassifier,
+    name: str,
+    weights_path: str | None,
     fetched: tuple[dict[str, torch.Tensor], str] | None = None,
 ) -> str:
     """Load ImageNet weights (`fetched`, or fetched now) into `model.backbone`, all but the replaced classifier."""
@@ -186,8 +198,10 @@ def load_pretrained(
         raise UserError(f"weights from {source} do not fit {name}: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         bad = [f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]]
-        raise UserError(f"weights from {source} do not fit {name} ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected keys): {', '.join(bad)}")
+        raise UserError(
+            f"weights from {source} do not fit {name} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys): {', '.join(bad)}"
+        )
     return source
 
 

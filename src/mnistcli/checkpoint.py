@@ -1,4 +1,5 @@
 """Checkpoints: one file of tensors and plain data, written atomically and read with weights_only=True."""
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: refused: loading it would run pickled code ({what}); checkpoints are loaded as data only"
         ) from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:120]})"
+        ) from None
     return _check_format(ckpt, path)
 
 
@@ -81,6 +84,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         model = build_model(ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: the checkpoint's architecture and weights do not fit ({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{path}: the checkpoint's architecture and weights do not fit ({str(exc).splitlines()[0][:160]})"
+        ) from None
     model.to(device).eval()
     return model, {k: ckpt.get(k) for k in INFO_KEYS}

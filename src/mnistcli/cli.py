@@ -1,13 +1,14 @@
 """The `mnistcli` command: parses arguments and calls the library. Imports torch only inside commands."""
+
 from __future__ import annotations
 
 import json
-import shlex
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -47,12 +48,14 @@ def _logging(quiet: bool) -> None:
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML experiment config, e.g. configs/mnist_cnn.yaml."),
-    set_: Optional[list[str]] = typer.Option(
+    set_: list[str] | None = typer.Option(
         None, "--set", metavar="KEY=VALUE", help="Override a config key by dotted path (YAML value); repeatable."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: checkpoints/<config name>]."),
-    resume: Optional[str] = typer.Option(
-        None, "--resume", metavar="[PATH]",
+    out: Path | None = typer.Option(None, "--out", help="Run folder [default: checkpoints/<config name>]."),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        metavar="[PATH]",
         help="Continue from a checkpoint; alone (or 'last'): the run folder's newest interrupted.pt or last.pt.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in the run folder."),
@@ -63,25 +66,39 @@ def train(
     overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
 
     def work() -> dict[str, Any]:
-        from .training import TrainingInterrupted, train as run_train
+        from .training import TrainingInterrupted
+        from .training import train as run_train
 
         try:
             return run_train(config, overrides, out, quiet, resume)
         except TrainingInterrupted as stop:
-            again = shlex.join(["mnistcli", "train", str(config), *(a for o in set_ or [] for a in ("--set", o)),
-                              *(["--out", str(out)] if out else []), "--resume", str(stop.checkpoint)])
+            again = shlex.join(
+                [
+                    "mnistcli",
+                    "train",
+                    str(config),
+                    *(a for o in set_ or [] for a in ("--set", o)),
+                    *(["--out", str(out)] if out else []),
+                    "--resume",
+                    str(stop.checkpoint),
+                ]
+            )
             typer.echo(f"interrupted: wrote {stop.checkpoint}; resume with: {again}", err=True)
             raise typer.Exit(130) from None
 
     metrics = _run(work)
-    typer.echo(f"best val_acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) -> {metrics['out_dir']}/best.pt")
+    typer.echo(
+        f"best val_acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) -> {metrics['out_dir']}/best.pt"
+    )
 
 
 @app.command("eval")
 def eval_(
     ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
     split: str = typer.Option("test", "--split", help="test | val | train."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the dataset lives (image_folder: the split's folder)."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Where the dataset lives (image_folder: the split's folder)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -108,7 +125,7 @@ def predict(
     ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
     topk: int = typer.Option(3, "--topk", help="How many classes to list per image."),
     preprocess: str = typer.Option("auto", "--preprocess", help="auto | mnist | none: how images are prepared."),
-    show_input: Optional[Path] = typer.Option(None, "--show-input", help="Save what the network saw, as PNG, here."),
+    show_input: Path | None = typer.Option(None, "--show-input", help="Save what the network saw, as PNG, here."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
 ) -> None:
     """Predicted class and top-k probabilities for each image, from the checkpoint alone."""

@@ -2,6 +2,7 @@
 
 Imports no torch, so that validation errors and `--help` stay fast.
 """
+
 from __future__ import annotations
 
 import copy
@@ -176,7 +177,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "data.memory_limit_mb": (lambda v: v >= 0, "an integer >= 0"),
     "data.fake_size": (lambda v: v >= 4, "an integer >= 4"),
     "data.fake_classes": (lambda v: v >= 2, "an integer >= 2"),
-    "data.fake_shape": (lambda v: len(v) == 3 and v[0] in (1, 3) and min(v[1:]) >= 8, "[1 or 3, height >= 8, width >= 8]"),
+    "data.fake_shape": (
+        lambda v: len(v) == 3 and v[0] in (1, 3) and min(v[1:]) >= 8,
+        "[1 or 3, height >= 8, width >= 8]",
+    ),
     "model.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "model.conv_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "model.head.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -279,7 +283,11 @@ def load_config(
     if isinstance(source, Config):
         source = source.to_dict()
     if source is None or isinstance(source, dict):
-        data, where, stem = copy.deepcopy(source or {}), "config", "experiment"  # overrides must not touch the caller's dict
+        data, where, stem = (
+            copy.deepcopy(source or {}),
+            "config",
+            "experiment",
+        )  # overrides must not touch the caller's dict
     else:
         data, where, stem = read_yaml(source), str(source), Path(source).stem
     data = apply_overrides(data, list(overrides or []))

@@ -1,4 +1,5 @@
 """Source datasets: torchvision's classes behind a registry, with offline-friendly errors and the input spec."""
+
 from __future__ import annotations
 
 import contextlib
@@ -76,8 +77,10 @@ def _image_folder(cfg: DataConfig, split: str, transform: Any) -> Any:
 
     folder = {"train": cfg.train_dir, "val": cfg.val_dir, "test": cfg.test_dir}[split]
     if folder is None:
-        raise UserError(f"data.{split}_dir is not set: the {split} split of an image_folder needs its own folder "
-                        "(for eval: --data-root FOLDER)")
+        raise UserError(
+            f"data.{split}_dir is not set: the {split} split of an image_folder needs its own folder "
+            "(for eval: --data-root FOLDER)"
+        )
     path = Path(folder)
     if not path.is_dir():
         raise UserError(f"data.{split}_dir: folder not found: {path}")
@@ -98,7 +101,9 @@ def _image_folder(cfg: DataConfig, split: str, transform: Any) -> Any:
     for file in bad:
         log.warning("skipped unreadable file %s", file)
     if len(ds.classes) < 2:
-        raise UserError(f"data.{split}_dir: {path} holds {len(ds.classes)} class folder(s); a classifier needs at least 2")
+        raise UserError(
+            f"data.{split}_dir: {path} holds {len(ds.classes)} class folder(s); a classifier needs at least 2"
+        )
     return ds
 
 
@@ -170,7 +175,9 @@ def input_spec(cfg: Config, is_backbone: bool) -> dict[str, Any]:
     if len(mean) == 1 and channels == 3:  # a grayscale dataset's statistics, repeated for RGB input
         mean, std = mean * 3, std * 3
     if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"data.mean/data.std: need {channels} value(s) for {channels}-channel input, got {mean}, {std}")
+        raise ConfigError(
+            f"data.mean/data.std: need {channels} value(s) for {channels}-channel input, got {mean}, {std}"
+        )
     return {
         "dataset": data.name,
         "channels": channels,

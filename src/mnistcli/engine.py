@@ -1,4 +1,5 @@
 """The loop as plain functions: one training epoch and one evaluation, each returning a metrics dict."""
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,13 @@ def train_one_epoch(
             stopped = True
             break
     sums = {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen, "batches": step}
-    return {"loss": sums["loss_sum"] / max(seen, 1), "accuracy": sums["correct"] / max(seen, 1), "n": seen,
-            "stopped": stopped, "partial": sums}
+    return {
+        "loss": sums["loss_sum"] / max(seen, 1),
+        "accuracy": sums["correct"] / max(seen, 1),
+        "n": seen,
+        "stopped": stopped,
+        "partial": sums,
+    }
 
 
 def _step(

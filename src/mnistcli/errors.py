@@ -1,4 +1,5 @@
 """Errors that reach the user as one line and exit code 2."""
+
 from __future__ import annotations
 
 import difflib
@@ -29,6 +30,4 @@ def unknown_name(kind: str, name: str, allowed: Iterable[str], where: str = "") 
     """Build the error for a name missing from a registry, listing the allowed names."""
     allowed = sorted(allowed)
     prefix = f"{where}: " if where else ""
-    return ConfigError(
-        f"{prefix}unknown {kind} '{name}'{closest(name, allowed)}; allowed: {', '.join(allowed)}"
-    )
+    return ConfigError(f"{prefix}unknown {kind} '{name}'{closest(name, allowed)}; allowed: {', '.join(allowed)}")

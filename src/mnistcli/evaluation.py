@@ -1,4 +1,5 @@
 """`evaluate_checkpoint`: a checkpoint's loss and accuracy on a split of the dataset it records."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Either way a loader yields uint8 (N, C, H, W) batches; `DeviceBatches` moves them to the device and applies the
 batch transform (augmentation, normalization) there.
 """
+
 from __future__ import annotations
 
 import math
@@ -196,4 +197,3 @@ def make_batches(
         )
     transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
     return DeviceBatches(loader, transform, device, cfg.seed)
-

@@ -3,6 +3,7 @@
 A model's architecture spec is `{"name": ..., "kwargs": {...}}`: `build_model(spec)` rebuilds it with no config
 file, which is how checkpoints restore models.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -121,7 +122,6 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images (N, C, H, W) to class scores (N, classes)."""
         return self.classifier(self.features(x))
-
 
 
 # Presets: the networks the source tutorials teach, as fixed constructor arguments.

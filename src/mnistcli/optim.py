@@ -1,4 +1,5 @@
 """Registries of losses, optimizers and learning-rate schedules, built from their config sections."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -14,6 +15,7 @@ LOSSES: dict[str, Callable[[LossConfig], nn.Module]] = {
     "cross_entropy": lambda c: nn.CrossEntropyLoss(label_smoothing=c.label_smoothing),
     "nll": lambda c: nn.NLLLoss(),  # expects log-probabilities: the model must end in log-softmax
 }
+
 
 def _fused(cls: type, groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.Optimizer:
     """The fused kernel where this torch and device have one (one pass over all parameters: measured about 10%

@@ -1,4 +1,5 @@
 """`predict_images`: class names and top-k probabilities for image files, from a checkpoint alone."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,5 +51,7 @@ def predict_images(
             top_p, top_i = probs.topk(k, dim=1)
             for (slot, _), p_row, i_row in zip(chunk, top_p.tolist(), top_i.tolist()):
                 top = [{"label": classes[i], "index": i, "probability": p} for p, i in zip(p_row, i_row)]
-                results[slot].update(label=top[0]["label"], index=top[0]["index"], probability=top[0]["probability"], topk=top)
+                results[slot].update(
+                    label=top[0]["label"], index=top[0]["index"], probability=top[0]["probability"], topk=top
+                )
     return results

@@ -2,6 +2,7 @@
 
 Imports only PIL, numpy and torch: torchvision costs seconds to import and predict's cold start must stay small.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -124,7 +125,7 @@ def _resize_tensor(pixels: torch.Tensor, size: list[int]) -> torch.Tensor:
 
 
 def _crop_pixels(img: Image.Image, spec: dict[str, Any]) -> torch.Tensor:
-    """Pretrained eval preset: shorter side to round(H * 256/224), centre crop H x W (as training stored then cropped)."""
+    """Pretrained eval preset: shorter side to round(H * 256/224), centre crop H x W (as training stores, crops)."""
     h, w = spec["size"]
     side = round(h / CROP_RATIO)
     stored = fit_pixels(img, spec["channels"], [side, side], crop=True)  # what the training loader stores
@@ -144,7 +145,9 @@ def _paper_level(arr: np.ndarray) -> np.ndarray:
     h, w = arr.shape
     n = max(1, min(8, min(h, w) // 16))  # about 8x8 blocks, each at least 16 px
     ys, xs = np.linspace(0, h, n + 1).astype(int), np.linspace(0, w, n + 1).astype(int)
-    grid = np.array([[np.percentile(arr[ys[i] : ys[i + 1], xs[j] : xs[j + 1]], 25) for j in range(n)] for i in range(n)])
+    grid = np.array(
+        [[np.percentile(arr[ys[i] : ys[i + 1], xs[j] : xs[j + 1]], 25) for j in range(n)] for i in range(n)]
+    )
     padded = np.pad(grid, 1, mode="edge")  # min over 3x3 blocks: a bold stroke filling a block is still ink
     grid = np.min([padded[a : a + n, b : b + n] for a in range(3) for b in range(3)], axis=0)
     return np.asarray(Image.fromarray(grid.astype(np.float32)).resize((w, h), BILINEAR), dtype=np.float32)
@@ -166,7 +169,7 @@ def _thicken(ink: np.ndarray, box: int) -> np.ndarray:
 
 
 def _mnist_canvas(img: Image.Image, fashion: bool) -> np.ndarray:
-    """MNIST's recipe: light ink on black, cropped, fitted to 20x20 (28x28 for fashion) and centred on a 28x28 canvas."""
+    """MNIST's recipe: light ink on black, cropped, fitted to 20x20 (fashion: 28x28), centred on a 28x28 canvas."""
     gray = convert(img, 1)
     if max(gray.size) > MAX_SIDE:
         scale = MAX_SIDE / max(gray.size)

@@ -4,6 +4,7 @@ Per sample, images are only decoded, converted and resized to a stored square of
 (rotation, affine, resized crop, flip), the conversion to float, and normalization happen per batch on the training
 device, so the in-memory and DataLoader paths share one implementation.
 """
+
 from __future__ import annotations
 
 import math

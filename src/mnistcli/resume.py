@@ -1,4 +1,5 @@
 """What exact resume needs beyond the weights: RNG states, and which config changes a resume may bring."""
+
 from __future__ import annotations
 
 import random
@@ -11,8 +12,17 @@ from .errors import UserError
 
 # Keys a resumed run may change: its length, its learning rate, and where/how it runs.
 RESUMABLE_CHANGES = {
-    "train.epochs", "optimizer.lr", "optimizer.backbone_lr", "output.dir", "output.overwrite", "train.device",
-    "data.root", "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.prefetch_factor",
+    "train.epochs",
+    "optimizer.lr",
+    "optimizer.backbone_lr",
+    "output.dir",
+    "output.overwrite",
+    "train.device",
+    "data.root",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.prefetch_factor",
 }
 
 
@@ -22,8 +32,13 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "random": random.getstate(),
     }
 
@@ -61,11 +76,15 @@ def check_resume(ckpt: dict[str, Any], new_cfg: dict[str, Any], new_arch: dict[s
     changes = config_changes(ckpt["config"], new_cfg)
     if ckpt["arch"] != new_arch:
         model_keys = [k for k in changes if k.startswith(("model.", "data."))] or ["the model's input or classes"]
-        raise UserError(f"cannot resume: the config changes the model's architecture ({', '.join(model_keys)}); "
-                        "train a new run with --out DIR instead")
+        raise UserError(
+            f"cannot resume: the config changes the model's architecture ({', '.join(model_keys)}); "
+            "train a new run with --out DIR instead"
+        )
     refused = [k for k in changes if k not in RESUMABLE_CHANGES]
     if refused:
         detail = ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
-        raise UserError(f"cannot resume with changed {detail}; a resume may change only "
-                        "train.epochs, optimizer.lr and where the run reads and writes")
+        raise UserError(
+            f"cannot resume with changed {detail}; a resume may change only "
+            "train.epochs, optimizer.lr and where the run reads and writes"
+        )
     return changes

@@ -1,4 +1,5 @@
 """The state of one training run: how it is built around a model, checkpointed, and restored for a resume."""
+
 from __future__ import annotations
 
 import logging
@@ -46,7 +47,9 @@ class Run:
     step_model: nn.Module | None = None  # what the loop calls: the model, or its torch.compile wrapper
 
 
-def build_run_model(cfg: Config, arch: dict[str, Any], device: torch.device, cl: bool, weights: Any = None) -> nn.Module:
+def build_run_model(
+    cfg: Config, arch: dict[str, Any], device: torch.device, cl: bool, weights: Any = None
+) -> nn.Module:
     """Model from its spec; a backbone gets the fetched pretrained `weights` (new runs) and is frozen as asked."""
     model = build_model(arch)
     if arch["name"] not in ("mlp", "cnn"):
@@ -71,15 +74,31 @@ def _param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
     return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
 
-def new_run(cfg: Config, out: Path, device: torch.device, spec: dict, arch: dict, classes: list[str],
-             model: nn.Module, train_batches: DeviceBatches, val_batches: DeviceBatches) -> Run:
+def new_run(
+    cfg: Config,
+    out: Path,
+    device: torch.device,
+    spec: dict,
+    arch: dict,
+    classes: list[str],
+    model: nn.Module,
+    train_batches: DeviceBatches,
+    val_batches: DeviceBatches,
+) -> Run:
     """Optimizer, schedule, scaler and loss around a fresh model."""
     dtype = amp_dtype(cfg.train.amp, device)
     optimizer = build_optimizer(_param_groups(model, cfg), cfg.optimizer)
     scheduler, per_step = build_scheduler(optimizer, cfg.scheduler, cfg.train.epochs, len(train_batches))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    setup = StepSetup(build_loss(cfg.loss), optimizer, scheduler if per_step else None, scaler, dtype,
-                      cfg.train.grad_clip, cfg.train.on_nan)
+    setup = StepSetup(
+        build_loss(cfg.loss),
+        optimizer,
+        scheduler if per_step else None,
+        scaler,
+        dtype,
+        cfg.train.grad_clip,
+        cfg.train.on_nan,
+    )
     run = Run(cfg, out, device, spec, arch, classes, model, train_batches, val_batches, setup, scheduler, per_step)
     # Compiled code shares the model's parameters, so checkpoints keep saving `model` itself.
     run.step_model = torch.compile(model) if cfg.train.compile else model
@@ -90,17 +109,24 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     """Put a run back where a checkpoint left it: weights, optimizer, schedule, RNGs, data order, history."""
     state = ckpt.get("resume")
     if state is None:
-        raise UserError("--resume: this checkpoint holds no training state (best.pt never does); use last.pt or interrupted.pt")
+        raise UserError(
+            "--resume: this checkpoint holds no training state (best.pt never does); use last.pt or interrupted.pt"
+        )
     if ckpt["epoch"] >= run.cfg.train.epochs:
-        raise UserError(f"--resume: the checkpoint already completed {ckpt['epoch']} of train.epochs "
-                        f"{run.cfg.train.epochs}; raise it to train on, e.g. --set train.epochs={ckpt['epoch'] + 1}")
+        raise UserError(
+            f"--resume: the checkpoint already completed {ckpt['epoch']} of train.epochs "
+            f"{run.cfg.train.epochs}; raise it to train on, e.g. --set train.epochs={ckpt['epoch'] + 1}"
+        )
     if state["unfrozen"]:
         unfreeze(run)
     run.model.load_state_dict(ckpt["state_dict"])
     run.setup.optimizer.load_state_dict(state["optimizer"])
     old = ckpt["config"]
     if (old["train"]["epochs"], old["optimizer"]["lr"], old["optimizer"]["backbone_lr"]) == (
-        run.cfg.train.epochs, run.cfg.optimizer.lr, run.cfg.optimizer.backbone_lr):
+        run.cfg.train.epochs,
+        run.cfg.optimizer.lr,
+        run.cfg.optimizer.backbone_lr,
+    ):
         if run.scheduler is not None:
             run.scheduler.load_state_dict(state["scheduler"])
     else:
@@ -121,8 +147,9 @@ def _restart_schedule(run: Run, steps_done: int) -> None:
         group["lr"] = (run.cfg.optimizer.backbone_lr or run.cfg.optimizer.lr) if is_backbone else run.cfg.optimizer.lr
         for key in ("initial_lr", "max_lr", "min_lr"):  # let the new scheduler set these afresh
             group.pop(key, None)
-    run.scheduler, run.per_step = build_scheduler(run.setup.optimizer, run.cfg.scheduler, run.cfg.train.epochs,
-                                                  len(run.train_batches))
+    run.scheduler, run.per_step = build_scheduler(
+        run.setup.optimizer, run.cfg.scheduler, run.cfg.train.epochs, len(run.train_batches)
+    )
     run.setup.scheduler = run.scheduler if run.per_step else None
     with warnings.catch_warnings():  # stepping a scheduler before any optimizer step warns; here it is intended
         warnings.simplefilter("ignore")

@@ -1,4 +1,5 @@
 """The process-wide setup of a run: device, seeds and numerics, resolved once and passed in."""
+
 from __future__ import annotations
 
 import random
@@ -25,7 +26,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0 or (device.index or 0) >= count:
-            raise UserError(f"train.device '{name}' is not available on this machine ({count} CUDA device(s)); available: {', '.join(here)}")
+            raise UserError(
+                f"train.device '{name}' is not available on this machine ({count} CUDA device(s)); "
+                f"available: {', '.join(here)}"
+            )
     elif device.type == "mps" and not has_mps:
         raise UserError(f"train.device 'mps' is not available on this machine; available: {', '.join(here)}")
     elif device.type != "cpu":
@@ -65,8 +69,9 @@ def fast_math(device: torch.device, deterministic: bool) -> None:
 def _git_commit() -> str | None:
     """The commit of the source tree mnistcli runs from, when it is a git checkout."""
     try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5)
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() or None if proc.returncode == 0 else None
@@ -79,5 +84,10 @@ def run_versions(device: torch.device) -> dict[str, str | None]:
     from . import __version__
 
     # str(): torch.__version__ is a str subclass that a weights_only load would refuse as a foreign class.
-    return {"mnistcli": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "device": str(device), "git_commit": _git_commit()}
+    return {
+        "mnistcli": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "device": str(device),
+        "git_commit": _git_commit(),
+    }

@@ -1,4 +1,5 @@
 """`train(config) -> metrics`: builds everything from a config, runs the epochs, writes the run folder."""
+
 from __future__ import annotations
 
 import contextlib
@@ -47,16 +48,20 @@ def validate(cfg: Config) -> None:
         raise unknown_name("model", cfg.model.name, model_names(), where="model.name")
     check_names(cfg.loss, cfg.optimizer, cfg.scheduler, cfg.model.log_softmax)
     if cfg.model.name not in BACKBONES and (cfg.model.pretrained or cfg.train.unfreeze_at_epoch):
-        raise UserError(f"model.pretrained and train.unfreeze_at_epoch apply to backbones ({', '.join(BACKBONES)}), "
-                        f"not '{cfg.model.name}'")
+        raise UserError(
+            f"model.pretrained and train.unfreeze_at_epoch apply to backbones ({', '.join(BACKBONES)}), "
+            f"not '{cfg.model.name}'"
+        )
 
 
 def prepare_out_dir(cfg: Config, resuming: bool) -> Path:
     """Create the run folder; refuse to mix a new run into a finished one unless output.overwrite."""
     out = Path(cfg.output.dir or Path("checkpoints") / str(cfg.name))
     if not (resuming or cfg.output.overwrite) and any((out / f).exists() for f in RUN_FILES):
-        raise UserError(f"{out} already holds a finished run (best.pt/last.pt); pass --overwrite to replace it, "
-                        "--out DIR for a new folder, or --resume to continue it")
+        raise UserError(
+            f"{out} already holds a finished run (best.pt/last.pt); pass --overwrite to replace it, "
+            "--out DIR for a new folder, or --resume to continue it"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -108,7 +113,11 @@ def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -
 
         weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
     spec = input_spec(cfg, cfg.model.name in BACKBONES)
-    cl = cfg.train.channels_last if cfg.train.channels_last is not None else cfg.model.name not in ("mlp", "mlp_tutorial")
+    cl = (
+        cfg.train.channels_last
+        if cfg.train.channels_last is not None
+        else cfg.model.name not in ("mlp", "mlp_tutorial")
+    )
     splits, classes = open_splits(cfg, spec, ["train", "val"])
     train_batches = make_batches(splits["train"], cfg, spec, device, train=True, channels_last=cl)
     val_batches = make_batches(splits["val"], cfg, spec, device, train=False, channels_last=cl)
@@ -123,8 +132,16 @@ def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -
         restore(run, ckpt)
     save_config(cfg, out / "config.yaml")
     with _stop_on_signals(run.setup.stop):
-        log.info("%s: %s on %s, %d train / %d val images, %d classes -> %s", cfg.name, cfg.model.name, device,
-                 train_batches.dataset_size, val_batches.dataset_size, len(classes), out)
+        log.info(
+            "%s: %s on %s, %d train / %d val images, %d classes -> %s",
+            cfg.name,
+            cfg.model.name,
+            device,
+            train_batches.dataset_size,
+            val_batches.dataset_size,
+            len(classes),
+            out,
+        )
         return _loop(run, progress)
 
 
@@ -165,20 +182,44 @@ def _loop(run: Run, progress: bool) -> dict[str, Any]:
             path = run.out / "interrupted.pt"
             save_checkpoint(payload(run, epoch - 1, run.best, data, tr["partial"]), path)
             raise TrainingInterrupted(path)
-        va = evaluate(run.step_model, run.val_batches, run.setup.loss_fn, run.device, len(run.classes),
-                      run.setup.amp_dtype, progress, f"epoch {epoch} val")
+        va = evaluate(
+            run.step_model,
+            run.val_batches,
+            run.setup.loss_fn,
+            run.device,
+            len(run.classes),
+            run.setup.amp_dtype,
+            progress,
+            f"epoch {epoch} val",
+        )
         if run.scheduler is not None and not run.per_step:
             run.scheduler.step()
-        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["accuracy"], "val_loss": va["loss"],
-               "val_acc": va["accuracy"], "lr": lr, "seconds": time.perf_counter() - start}
+        row = {
+            "epoch": epoch,
+            "train_loss": tr["loss"],
+            "train_acc": tr["accuracy"],
+            "val_loss": va["loss"],
+            "val_acc": va["accuracy"],
+            "lr": lr,
+            "seconds": time.perf_counter() - start,
+        }
         _end_epoch(run, row, va["per_class"])
     (run.out / "interrupted.pt").unlink(missing_ok=True)  # the run is complete: nothing left to resume
     if run.setup.skipped:
-        log.warning("skipped %d batch(es) with a non-finite loss (epoch/batch: %s)", len(run.setup.skipped),
-                    ", ".join(run.setup.skipped[:10]))
-    return {"name": cfg.name, "out_dir": str(run.out), "best_epoch": run.best["epoch"],
-            "best_val_acc": run.best["val_acc"], "final": run.rows[-1] if run.rows else None, "epochs": run.rows,
-            "skipped_batches": len(run.setup.skipped)}
+        log.warning(
+            "skipped %d batch(es) with a non-finite loss (epoch/batch: %s)",
+            len(run.setup.skipped),
+            ", ".join(run.setup.skipped[:10]),
+        )
+    return {
+        "name": cfg.name,
+        "out_dir": str(run.out),
+        "best_epoch": run.best["epoch"],
+        "best_val_acc": run.best["val_acc"],
+        "final": run.rows[-1] if run.rows else None,
+        "epochs": run.rows,
+        "skipped_batches": len(run.setup.skipped),
+    }
 
 
 def _end_epoch(run: Run, row: dict[str, Any], per_class: list[float]) -> None:
@@ -195,9 +236,18 @@ def _end_epoch(run: Run, row: dict[str, Any], per_class: list[float]) -> None:
     if is_best:
         state.pop("resume")  # best.pt is for eval and predict: weights and metadata only
         save_checkpoint(state, run.out / "best.pt")
-    log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs%s", row["epoch"],
-             run.cfg.train.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], row["lr"],
-             row["seconds"], "  *best" if is_best else "")
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs%s",
+        row["epoch"],
+        run.cfg.train.epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row["val_loss"],
+        row["val_acc"],
+        row["lr"],
+        row["seconds"],
+        "  *best" if is_best else "",
+    )
 
 
 def _write_history(run: Run) -> None:

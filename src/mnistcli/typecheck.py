@@ -1,4 +1,5 @@
 """Build dataclasses from raw YAML data, rejecting unknown keys and wrong types by their dotted key."""
+
 from __future__ import annotations
 
 import dataclasses
