@@ -191,3 +191,22 @@ def test_bad_files_skip_with_warning_or_stop(tmp_path: Path, caplog: pytest.LogC
     strict = cfg_for(name="image_folder", train_dir=str(tmp_path / "train"), image_size=16, on_bad_file="error")
     with pytest.raises(UserError, match="broken.png"):
         open_splits(strict, input_spec(strict, False), ["train", "val"])
+
+
+def test_image_folder_in_memory_matches_the_dataloader(folder_root: Path) -> None:
+    batches = {}
+    for loader in ("memory", "torch"):
+        cfg = cfg_for(
+            name="image_folder",
+            train_dir=str(folder_root / "train"),
+            val_dir=str(folder_root / "val"),
+            image_size=20,
+            loader=loader,
+            num_workers=0,
+            eval_batch_size=100,
+        )
+        spec = input_spec(cfg, False)
+        splits, _ = open_splits(cfg, spec, ["val"])
+        batches[loader] = next(iter(make_batches(splits["val"], cfg, spec, torch.device("cpu"), train=False)))
+    assert torch.equal(batches["memory"][0], batches["torch"][0])
+    assert torch.equal(batches["memory"][1], batches["torch"][1])

@@ -95,3 +95,17 @@ def test_sigint_mid_epoch_writes_interrupted_and_resumes_exactly(tmp_path: Path)
     assert resumed.returncode == 0, resumed.stderr
     assert not (tmp_path / "run" / "interrupted.pt").exists()
     assert_same_run(tmp_path / "straight", tmp_path / "run")
+
+
+def test_sigterm_asks_the_loop_to_stop_after_the_step() -> None:
+    import threading
+
+    from mnistcli.training import _stop_on_signals
+
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGTERM)
+    with _stop_on_signals(stop):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.is_set()
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored afterwards
