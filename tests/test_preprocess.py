@@ -362,16 +362,7 @@ def test_mnist_style_png_is_used_as_it_is() -> None:
     """A dataset digit saved as a 28x28 PNG already is network input: auto leaves its pixels alone."""
     from mnistcli.preprocess import mode_for, prepare_pixels
 
-    spec = {
-        "dataset": "mnist",
-        "channels": 1,
-        "size": [28, 28],
-        "normalize": True,
-        "mean": [0.1307],
-        "std": [0.3081],
-        "resize": "stretch",
-    }
     path = Path(__file__).resolve().parents[1] / "data" / "samples" / "digit_3.png"
     img = Image.open(path)
-    pixels = prepare_pixels(img, spec, mode_for(spec, "auto"))
+    pixels = prepare_pixels(img, spec(), mode_for(spec(), "auto"))
     assert torch.equal(pixels[0], torch.from_numpy(np.asarray(img)))
