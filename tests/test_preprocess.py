@@ -365,4 +365,4 @@ def test_mnist_style_png_is_used_as_it_is() -> None:
     path = Path(__file__).resolve().parents[1] / "data" / "samples" / "digit_3.png"
     img = Image.open(path)
     pixels = prepare_pixels(img, spec(), mode_for(spec(), "auto"))
-    assert torch.equal(pixels[0], torch.from_numpy(np.asarray(img)))
+    assert torch.equal(pixels[0], torch.from_numpy(np.array(img)))
