@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -32,6 +33,7 @@ from mnistcli.engine import StepSetup, train_one_epoch  # noqa: E402
 from mnistcli.loaders import make_batches, open_splits  # noqa: E402
 from mnistcli.models import arch_spec, build_model  # noqa: E402
 from mnistcli.optim import build_optimizer  # noqa: E402
+from mnistcli.runtime import keep_freed_memory  # noqa: E402
 
 # The pytorch/examples MNIST network, as a `cnn` config: conv 32, conv 64 (3x3 valid), max-pool, dropout,
 # dense 128, dropout, out.
@@ -115,6 +117,12 @@ def tutorial_steps(model: torch.nn.Module, loader: torch.utils.data.DataLoader, 
     return seen / (time.perf_counter() - start)
 
 
+def tutorial_process(hand_kwargs: dict, batch: int, steps: int) -> float:
+    """Run in a fresh interpreter, as a user's tutorial script runs: the hand-written net on its DataLoader."""
+    torch.manual_seed(0)
+    return tutorial_steps(TutorialNet(**hand_kwargs), tutorial_loader(batch), steps)
+
+
 def engine_steps(model: torch.nn.Module, batches: object, steps: int) -> float:
     """Images per second of mnistcli's data path and training step on the same network."""
     optimizer = build_optimizer([{"params": list(model.parameters())}], OptimizerConfig(name="adam", lr=1e-3))
@@ -127,6 +135,7 @@ def engine_steps(model: torch.nn.Module, batches: object, steps: int) -> float:
 
 def throughput(repeats: int, steps: int, batch: int) -> list[dict]:
     """Tutorial loop vs engine, same network and batch size, alternated in this process."""
+    keep_freed_memory()  # as `mnistcli train` does
     rows = []
     default = load_config(REPO / "configs" / "mnist_cnn.yaml").model
     nets = (
@@ -149,11 +158,11 @@ def throughput(repeats: int, steps: int, batch: int) -> list[dict]:
         hand_kwargs = dict(**layout, hidden=m.hidden[0], conv_dropout=m.conv_dropout, dropout=m.dropout)
         count = lambda net: sum(p.numel() for p in net.parameters())
         assert count(TutorialNet(**hand_kwargs)) == count(build_model(arch)), "both sides must train one network"
-        loader = tutorial_loader(batch)
         tut, eng = [], []
         for _ in range(repeats):
-            torch.manual_seed(0)
-            tut.append(tutorial_steps(TutorialNet(**hand_kwargs), loader, steps))
+            # A fresh process per tutorial measurement: nothing mnistcli sets up in this one may help it.
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                tut.append(pool.apply(tutorial_process, (hand_kwargs, batch, steps)))
             torch.manual_seed(0)
             eng.append(engine_steps(build_model(arch).to(memory_format=torch.channels_last), batches, steps))
         t, e = statistics.median(tut), statistics.median(eng)

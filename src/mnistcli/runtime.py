@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,25 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse rather than hand it back to the OS.
+
+    A training step frees and re-allocates the same multi-MB activation buffers every step; with glibc's
+    defaults they are often fresh pages whose first touch page-faults (measured on a 2-core CPU, pytorch/examples
+    network: 1029 img/s before glibc adapts, 1743 img/s with this from the first step). The process keeps its
+    peak memory, as CUDA's caching allocator does.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, ...): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # blocks up to 32 MiB come from the reusable heap (glibc's maximum)
+    libc.mallopt(m_trim_threshold, 2**30)  # keep up to 1 GiB of free heap instead of trimming it
 
 
 def fast_math(device: torch.device, deterministic: bool) -> None:

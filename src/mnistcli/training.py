@@ -22,7 +22,7 @@ from .models import arch_spec, model_names
 from .optim import check_names
 from .resume import check_resume
 from .runstate import Run, backbone_trainable, build_run_model, new_run, payload, restore, unfreeze
-from .runtime import fast_math, resolve_device, run_versions, seed_everything
+from .runtime import fast_math, keep_freed_memory, resolve_device, run_versions, seed_everything
 
 log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -105,6 +105,7 @@ def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.seed, cfg.train.deterministic)
     fast_math(device, cfg.train.deterministic)
+    keep_freed_memory()
     from .backbones import BACKBONES
 
     weights = None
