@@ -176,8 +176,10 @@ def unfreeze(run: Run) -> None:
 
 
 def backbone_trainable(model: nn.Module) -> bool:
-    """Whether any backbone parameter trains (false for plain models, which have no backbone)."""
-    return any(p.requires_grad for n, p in model.named_parameters() if n.startswith("backbone."))
+    """Whether the model has a backbone and it trains (false for plain models)."""
+    from .backbones import BackboneClassifier, backbone_is_frozen
+
+    return isinstance(model, BackboneClassifier) and not backbone_is_frozen(model)
 
 
 def payload(run: Run, epoch: int, best: dict, data: dict, partial: dict | None) -> dict[str, Any]:
