@@ -37,7 +37,6 @@ def predict_images(
             results.append({"path": str(path), "error": str(exc)})
             continue
         if show_input is not None:
-            Path(show_input).mkdir(parents=True, exist_ok=True)
             save_pixels(pixels, Path(show_input) / f"{Path(path).stem}.png")
         results.append({"path": str(path)})
         ready.append((len(results) - 1, normalize(pixels, spec)))

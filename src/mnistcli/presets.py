@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AugmentConfig
-
-CROP_RATIO = 224 / 256  # pretrained presets: Resize(size * 256/224) then CenterCrop(size)
+from .preprocess import CROP_RATIO, fit_pixels
 
 
 def stored_side(spec: dict[str, Any]) -> list[int]:
@@ -34,8 +33,6 @@ class SampleTransform:
 
     def __call__(self, img: Any) -> torch.Tensor:
         """Convert channels, then resize (stretch) or resize-shorter-side and centre-crop (crop)."""
-        from .preprocess import fit_pixels
-
         return fit_pixels(img, self.spec["channels"], stored_side(self.spec), self.spec["resize"] == "crop")
 
 
