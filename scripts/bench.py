@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from mnistcli.config import OptimizerConfig, load_config  # noqa: E402
-from mnistcli.datasets import input_spec  # noqa: E402
+from mnistcli.inputspec import input_spec  # noqa: E402
 from mnistcli.engine import StepSetup, train_one_epoch  # noqa: E402
 from mnistcli.loaders import make_batches, open_splits  # noqa: E402
-from mnistcli.models import arch_spec, build_model  # noqa: E402
+from mnistcli.families import arch_spec, build_model  # noqa: E402
 from mnistcli.optim import build_optimizer  # noqa: E402
 from mnistcli.runtime import keep_freed_memory  # noqa: E402
 
@@ -150,7 +150,7 @@ def throughput(repeats: int, steps: int, batch: int) -> list[dict]:
         cfg = load_config(
             {"data": {"name": "mnist", "root": str(REPO / "data"), "batch_size": batch}, "model": model_cfg}
         )
-        spec = input_spec(cfg, False)
+        spec = input_spec(cfg)
         splits, _ = open_splits(cfg, spec, ["train"])
         batches = make_batches(splits["train"], cfg, spec, torch.device("cpu"), train=True, channels_last=True)
         arch = arch_spec(cfg.model, [1, 28, 28], 10)

@@ -14,7 +14,8 @@ import torch
 from mnistcli.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from mnistcli.config import ModelConfig
 from mnistcli.errors import CheckpointError
-from mnistcli.models import arch_spec, build_model
+from mnistcli.families import arch_spec, build_model
+from mnistcli.inputspec import InputSpec
 
 SPEC = {
     "dataset": "mnist",
@@ -56,7 +57,9 @@ def test_round_trip_rebuilds_the_model(tmp_path: Path) -> None:
     payload = real_payload()
     save_checkpoint(payload, tmp_path / "a.pt")
     model, info = load_model(tmp_path / "a.pt")
-    assert not model.training and info["classes"] == payload["classes"] and info["input_spec"] == SPEC
+    assert (
+        not model.training and info["classes"] == payload["classes"] and info["input_spec"] == InputSpec.from_dict(SPEC)
+    )
     for key, tensor in payload["state_dict"].items():
         assert torch.equal(model.state_dict()[key], tensor)
 

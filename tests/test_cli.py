@@ -101,7 +101,7 @@ def test_predict_from_the_checkpoint_alone(trained: Path, tmp_path: Path, mnist_
         assert r["topk"][0]["probability"] >= r["topk"][1]["probability"]
     model, info = load_model(alone)
     assert not model.training and info["classes"][0] == "0 - zero"
-    assert info["input_spec"]["size"] == [28, 28] and info["epoch"] in (1, 2)
+    assert info["input_spec"].size == (28, 28) and info["epoch"] in (1, 2)
     assert 0 <= info["metrics"]["val_acc"] <= 1
 
 
@@ -131,7 +131,7 @@ def test_unknown_key_is_one_line_exit_2(tmp_path: Path) -> None:
         (["train", "configs/smoke.yaml", "--set", "optimizer.name=adamm"], "did you mean 'adam'"),
         (
             ["train", "configs/smoke.yaml", "--set", "data.name=mnsit"],
-            "allowed: fake, fashion_mnist, image_folder, mnist",
+            "allowed: emnist_balanced, emnist_digits, emnist_letters, fake, fashion_mnist, image_folder, kmnist, mnist",
         ),
         (["train", "configs/smoke.yaml", "--set", "train.device=cuda:7"], "train.device"),
         (["train", "configs/smoke.yaml", "--set", "loss.name=nll"], "log_softmax"),

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from mnistcli.config import AugmentConfig, load_config
-from mnistcli.datasets import input_spec
+from mnistcli.inputspec import InputSpec, input_spec
 from mnistcli.errors import UserError
 from mnistcli.loaders import make_batches, open_splits, split_indices, use_memory
-from mnistcli.presets import BatchTransform
+from mnistcli.pipeline import BatchTransform
 
 
 def cfg_for(**data: object):
@@ -23,26 +23,26 @@ def cfg_for(**data: object):
 @pytest.mark.parametrize("name, first_class", [("mnist", "0 - zero"), ("fashion_mnist", "T-shirt/top")])
 def test_idx_datasets_load_into_memory(mnist_root: Path, name: str, first_class: str) -> None:
     cfg = cfg_for(name=name, root=str(mnist_root), val_split=0.25, download=False)
-    spec = input_spec(cfg, False)
+    spec = input_spec(cfg)
     assert use_memory(cfg, spec)
     splits, classes = open_splits(cfg, spec, ["train", "val", "test"])
     images, targets = splits["train"]
     assert images.dtype == torch.uint8 and images.shape == (300, 1, 28, 28)
     assert len(splits["val"][1]) == 100 and len(splits["test"][1]) == 100
     assert classes[0] == first_class and len(classes) == 10
-    assert spec["mean"] == ([0.1307] if name == "mnist" else [0.2860])
+    assert spec.mean == ((0.1307,) if name == "mnist" else (0.2860,))
 
 
 def test_gz_files_are_unpacked_once(mnist_root: Path) -> None:
     cfg = cfg_for(name="mnist", root=str(mnist_root), download=False)
-    open_splits(cfg, input_spec(cfg, False), ["test"])
+    open_splits(cfg, input_spec(cfg), ["test"])
     assert (mnist_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").stat().st_size == 16 + 100 * 28 * 28
 
 
 def test_missing_dataset_says_where_to_put_files(tmp_path: Path) -> None:
     cfg = cfg_for(name="fashion_mnist", root=str(tmp_path), download=False)
     with pytest.raises(UserError) as err:
-        open_splits(cfg, input_spec(cfg, False), ["train", "val"])
+        open_splits(cfg, input_spec(cfg), ["train", "val"])
     assert str(tmp_path / "FashionMNIST" / "raw") in str(err.value) and "\n" not in str(err.value)
 
 
@@ -51,7 +51,7 @@ def test_offline_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytes
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     cfg = cfg_for(name="fashion_mnist", root=str(tmp_path), download=True)
     with pytest.raises(UserError, match="could not be downloaded.*put train-images-idx3-ubyte"):
-        open_splits(cfg, input_spec(cfg, False), ["test"])
+        open_splits(cfg, input_spec(cfg), ["test"])
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:
@@ -65,7 +65,7 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
 
 def test_fake_data(tmp_path: Path) -> None:
     cfg = cfg_for(name="fake", fake_size=40, fake_shape=[3, 16, 16], val_split=0.25)
-    spec = input_spec(cfg, False)
+    spec = input_spec(cfg)
     splits, classes = open_splits(cfg, spec, ["train", "val", "test"])
     assert splits["train"][0].shape == (30, 3, 16, 16) and len(splits["test"][1]) == 10 and len(classes) == 10
 
@@ -74,7 +74,7 @@ def test_memory_and_torch_loaders_give_the_same_batches(mnist_root: Path) -> Non
     batches = {}
     for loader in ("memory", "torch"):
         cfg = cfg_for(name="mnist", root=str(mnist_root), loader=loader, num_workers=0, eval_batch_size=64)
-        spec = input_spec(cfg, False)
+        spec = input_spec(cfg)
         splits, _ = open_splits(cfg, spec, ["val"])
         batches[loader] = list(make_batches(splits["val"], cfg, spec, torch.device("cpu"), train=False))
     assert len(batches["memory"]) == len(batches["torch"]) == 1
@@ -84,7 +84,7 @@ def test_memory_and_torch_loaders_give_the_same_batches(mnist_root: Path) -> Non
 
 def test_training_batches_are_shuffled_reproducibly(mnist_root: Path) -> None:
     cfg = cfg_for(name="mnist", root=str(mnist_root), batch_size=50)
-    spec = input_spec(cfg, False)
+    spec = input_spec(cfg)
     splits, _ = open_splits(cfg, spec, ["train"])
     first = [y for _, y in make_batches(splits["train"], cfg, spec, torch.device("cpu"), train=True)]
     again = [y for _, y in make_batches(splits["train"], cfg, spec, torch.device("cpu"), train=True)]
@@ -92,16 +92,10 @@ def test_training_batches_are_shuffled_reproducibly(mnist_root: Path) -> None:
     assert not torch.equal(torch.cat(first), splits["train"][1])  # shuffled
 
 
-def spec_of(size: int = 28, channels: int = 1, resize: str = "stretch") -> dict:
-    return {
-        "dataset": "mnist",
-        "channels": channels,
-        "size": [size, size],
-        "normalize": True,
-        "mean": [0.5] * channels,
-        "std": [0.25] * channels,
-        "resize": resize,
-    }
+def spec_of(size: int = 28, channels: int = 1, resize: str = "stretch", normalize: bool = True) -> InputSpec:
+    """A spec for 28x28 grayscale stored images fed at `size`."""
+    mean, std = (0.5,) * channels, (0.25,) * channels
+    return InputSpec("mnist", channels, (size, size), normalize, mean, std, resize, (1, 28, 28))
 
 
 def test_batch_transform_normalizes_and_converts() -> None:
@@ -128,7 +122,7 @@ def test_augmentations_are_random_but_seeded() -> None:
 def test_hflip_flips() -> None:
     x = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
     x[:, :, :, :2] = 255  # a bar on the left
-    out = BatchTransform({**spec_of(size=8), "normalize": False}, AugmentConfig(hflip=True))(
+    out = BatchTransform(spec_of(size=8, normalize=False), AugmentConfig(hflip=True))(
         x, torch.Generator().manual_seed(0)
     )
     left, right = out[:, 0, :, :2].mean((1, 2)), out[:, 0, :, -2:].mean((1, 2))
@@ -154,7 +148,7 @@ def test_image_folder_classes_and_val_dir(folder_root: Path) -> None:
         image_size=24,
         num_workers=0,
     )
-    spec = input_spec(cfg, False)
+    spec = input_spec(cfg)
     assert not use_memory(cfg, spec)
     splits, classes = open_splits(cfg, spec, ["train", "val", "test"])
     assert classes == ["cat", "dog", "fox"]
@@ -168,14 +162,14 @@ def test_image_folder_class_mismatch_names_the_difference(tmp_path: Path) -> Non
     write_folder(tmp_path / "val", ["a", "b", "d"])
     cfg = cfg_for(name="image_folder", train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"), image_size=16)
     with pytest.raises(UserError, match=r"missing \['c'\], extra \['d'\]"):
-        open_splits(cfg, input_spec(cfg, False), ["train", "val"])
+        open_splits(cfg, input_spec(cfg), ["train", "val"])
 
 
 def test_image_folder_needs_two_classes(tmp_path: Path) -> None:
     write_folder(tmp_path / "train", ["only"])
     cfg = cfg_for(name="image_folder", train_dir=str(tmp_path / "train"), image_size=16)
     with pytest.raises(UserError, match="at least 2"):
-        open_splits(cfg, input_spec(cfg, False), ["train", "val"])
+        open_splits(cfg, input_spec(cfg), ["train", "val"])
 
 
 def test_bad_files_skip_with_warning_or_stop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -185,12 +179,12 @@ def test_bad_files_skip_with_warning_or_stop(tmp_path: Path, caplog: pytest.LogC
     Image.new("L", (10, 12), 90).save(tmp_path / "train" / "b" / "gray.png")
     cfg = cfg_for(name="image_folder", train_dir=str(tmp_path / "train"), image_size=16, val_split=2)
     with caplog.at_level(logging.WARNING, logger="mnistcli"):
-        splits, _ = open_splits(cfg, input_spec(cfg, False), ["train", "val"])
+        splits, _ = open_splits(cfg, input_spec(cfg), ["train", "val"])
     assert len(splits["train"]) + len(splits["val"]) == 10  # 8 + RGBA + grayscale, not the broken one
     assert "broken.png" in caplog.text
     strict = cfg_for(name="image_folder", train_dir=str(tmp_path / "train"), image_size=16, on_bad_file="error")
     with pytest.raises(UserError, match="broken.png"):
-        open_splits(strict, input_spec(strict, False), ["train", "val"])
+        open_splits(strict, input_spec(strict), ["train", "val"])
 
 
 def test_image_folder_in_memory_matches_the_dataloader(folder_root: Path) -> None:
@@ -205,7 +199,7 @@ def test_image_folder_in_memory_matches_the_dataloader(folder_root: Path) -> Non
             num_workers=0,
             eval_batch_size=100,
         )
-        spec = input_spec(cfg, False)
+        spec = input_spec(cfg)
         splits, _ = open_splits(cfg, spec, ["val"])
         batches[loader] = next(iter(make_batches(splits["val"], cfg, spec, torch.device("cpu"), train=False)))
     assert torch.equal(batches["memory"][0], batches["torch"][0])

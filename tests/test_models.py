@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from mnistcli.config import ModelConfig
-from mnistcli.models import PRESETS, arch_spec, build_model
+from mnistcli.families import TUTORIALS, arch_spec, build_model
 
 SHAPES = [[1, 28, 28], [3, 64, 64], [3, 40, 32]]
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", *PRESETS])
+@pytest.mark.parametrize("name", ["mlp", "cnn", *TUTORIALS])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_output_shape(name: str, shape: list[int]) -> None:
     spec = arch_spec(ModelConfig(name=name), shape, 7)

@@ -12,12 +12,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from mnistcli.errors import UserError
+from mnistcli.inputspec import InputSpec, stored_shape
+from mnistcli.pipeline import network_input, normalized, resized_input
 from mnistcli.preprocess import (
     fit_pixels,
     mode_for,
-    normalize,
     open_image,
-    prepare,
     prepare_pixels,
     save_pixels,
 )
@@ -34,17 +34,17 @@ def spec(
     norm: bool = True,
     mean: list[float] | None = None,
     std: list[float] | None = None,
-) -> dict:
+) -> InputSpec:
     """An input spec as checkpoints carry it."""
-    return {
-        "dataset": dataset,
-        "channels": channels,
-        "size": list(size),
-        "normalize": norm,
-        "mean": mean or [0.1307] * channels,
-        "std": std or [0.3081] * channels,
-        "resize": resize,
-    }
+    mean, std = tuple(mean or [0.1307] * channels), tuple(std or [0.3081] * channels)
+    stored = stored_shape(dataset, channels, size, resize)
+    return InputSpec(dataset, channels, tuple(size), norm, mean, std, resize, stored)
+
+
+def seen(img: Image.Image, sp: InputSpec, mode: str) -> torch.Tensor:
+    """uint8 (C, H, W): what the network sees before normalization (stored pixels through the one pipeline)."""
+    x = resized_input(prepare_pixels(img, sp, mode)[None], sp)[0]
+    return x.mul(255).round().to(torch.uint8)
 
 
 def ink_stats(canvas: np.ndarray) -> tuple[int, int, float, float]:
@@ -80,7 +80,7 @@ def draw_zero(img: Image.Image) -> Image.Image:
     return img
 
 
-def pixels_np(img: Image.Image, sp: dict | None = None, mode: str = "mnist") -> np.ndarray:
+def pixels_np(img: Image.Image, sp: InputSpec | None = None, mode: str = "mnist") -> np.ndarray:
     """prepare_pixels as a (H, W) numpy array of the first channel."""
     out = prepare_pixels(img, sp or spec(), mode)
     assert out.dtype == torch.uint8
@@ -179,7 +179,7 @@ def odd_modes() -> dict[str, Image.Image]:
 @pytest.mark.parametrize("mode", ["none", "mnist"])
 def test_every_pil_mode_gives_shape_and_dtype(name: str, channels: int, size: tuple[int, int], mode: str) -> None:
     img = odd_modes()[name]
-    out = prepare_pixels(img, spec("mnist", channels, size), mode)
+    out = seen(img, spec("mnist", channels, size), mode)
     assert out.shape == (channels, *size) and out.dtype == torch.uint8
     if mode == "none":  # white background stays white, the square stays dark
         assert out[0, 0, 0] > 240 and out[0, size[0] // 2, size[1] // 2] < 15
@@ -187,7 +187,8 @@ def test_every_pil_mode_gives_shape_and_dtype(name: str, channels: int, size: tu
         assert out[0, 0, 0] < 5 and out[0, size[0] // 2, size[1] // 2] > 240
     if channels == 3:
         assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
-    assert prepare(img, spec("mnist", channels, size), mode).dtype == torch.float32
+    sp = spec("mnist", channels, size)
+    assert network_input(prepare_pixels(img, sp, mode)[None], sp).dtype == torch.float32
 
 
 def test_transparent_png_composites_on_white(tmp_path: Path) -> None:
@@ -217,13 +218,13 @@ def stripes(w: int = 300, h: int = 100) -> Image.Image:
 
 
 def test_stretch_keeps_the_whole_image() -> None:
-    out = prepare_pixels(stripes(), spec("image_folder", 3, (32, 32)), "none")
+    out = seen(stripes(), spec("image_folder", 3, (32, 32)), "none")
     assert out.shape == (3, 32, 32)
     assert out[0, 16, 2] == 255 and out[1, 16, 16] == 255 and out[2, 16, 29] == 255
 
 
 def test_crop_keeps_the_centre_of_a_wide_image() -> None:
-    out = prepare_pixels(stripes(), spec("image_folder", 3, (32, 32), resize="crop"), "none")
+    out = seen(stripes(), spec("image_folder", 3, (32, 32), resize="crop"), "none")
     assert out.shape == (3, 32, 32)
     assert (out[1] == 255).all() and (out[0] == 0).all() and (out[2] == 0).all()
 
@@ -232,11 +233,11 @@ def test_crop_is_resize_256_then_centre_224() -> None:
     arr = np.zeros((512, 512), np.uint8)
     arr[40:472, 40:472] = 255  # at 256 px: white from 20 to 236; the central 224 crop spans 16 to 240
     sp = spec("image_folder", 3, (224, 224), resize="crop")
-    out = prepare_pixels(Image.fromarray(arr), sp, "none")
+    out = seen(Image.fromarray(arr), sp, "none")
     assert out.shape == (3, 224, 224)
     assert (out[:, :3, :] == 0).all() and (out[:, :, -3:] == 0).all()  # 4 px of black survive on each side
     assert (out[:, 6:-6, 6:-6] == 255).all()
-    stretched = prepare_pixels(Image.fromarray(arr), {**sp, "resize": "stretch"}, "none")
+    stretched = seen(Image.fromarray(arr), spec("image_folder", 3, (224, 224)), "none")
     assert stretched[0, 0, 0] == 0  # stretch keeps the black border
 
 
@@ -250,6 +251,10 @@ def test_fit_pixels_stores_the_covering_square() -> None:
 
 def test_normalize_maths() -> None:
     px = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)
+
+    def normalize(px: torch.Tensor, sp: InputSpec) -> torch.Tensor:
+        return normalized(px[None].float() / 255, sp)[0]
+
     x = normalize(px, spec(mean=[0.5], std=[0.25]))
     assert x.dtype == torch.float32
     assert torch.allclose(x, torch.tensor([[[-2.0, 2.0], [-1.2, -0.4]]]), atol=1e-6)
@@ -320,7 +325,7 @@ def test_light_on_dark_is_not_inverted() -> None:
 
 def test_blank_images_do_not_crash() -> None:
     for colour, expected in (("white", 0), ("black", 0), ((200, 200, 200), 55), ((100, 100, 100), 100)):
-        out = prepare_pixels(Image.new("RGB", (50, 40), colour), spec(channels=3, size=(32, 32)), "mnist")
+        out = seen(Image.new("RGB", (50, 40), colour), spec(channels=3, size=(32, 32)), "mnist")
         assert out.shape == (3, 32, 32) and (out == expected).all()  # no ink: the resized (inverted) image
 
 
@@ -334,7 +339,7 @@ def test_fashion_fills_the_frame_centred() -> None:
 
 
 def test_mnist_mode_on_rgb_network_input() -> None:
-    out = prepare_pixels(draw_one(paper()), spec("mnist", 3, (32, 32)), "mnist")
+    out = seen(draw_one(paper()), spec("mnist", 3, (32, 32)), "mnist")
     assert out.shape == (3, 32, 32) and torch.equal(out[0], out[2]) and out.max() > 200
 
 

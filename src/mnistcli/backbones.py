@@ -28,20 +28,12 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .errors import UserError, unknown_name
+from .errors import ConfigError, UserError, unknown_name
+from .families import BACKBONES
 from .models import dense_layers
 
 log = logging.getLogger(__name__)
 
-# mnistcli name -> torchvision builder name (also the key of its weights enum in torchvision's registry).
-BACKBONES: dict[str, str] = {
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "resnet50": "resnet50",
-    "densenet121": "densenet121",
-    "mobilenet_v3_small": "mobilenet_v3_small",
-    "efficientnet_b0": "efficientnet_b0",
-}
 WEIGHTS_TAG = "IMAGENET1K_V1"
 CLASSIFIER_ATTRS = ("fc", "classifier", "head", "heads")  # where torchvision families keep their classifier
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -63,11 +55,26 @@ class BackboneClassifier(nn.Module):
         """Map images (N, 3, H, W) to class scores (N, classes)."""
         return self.head(self.backbone(x))
 
+    @property
+    def frozen(self) -> bool:
+        """Whether no backbone parameter trains."""
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def train(self, mode: bool = True) -> BackboneClassifier:
+        """As nn.Module.train, but a frozen backbone's batch norms stay in eval mode: their statistics must not
+        drift while the head trains."""
+        super().train(mode)
+        if mode and self.frozen:
+            for m in self.backbone.modules():
+                if isinstance(m, BATCH_NORMS):
+                    m.eval()
+        return self
+
 
 def _check_name(name: str) -> str:
     """The torchvision builder name of a backbone, or a one-line error listing the known ones."""
     if name not in BACKBONES:
-        raise unknown_name("backbone", name, BACKBONES, where="model.name")
+        raise ConfigError(unknown_name("backbone", name, BACKBONES, where="model.name"))
     return BACKBONES[name]
 
 
@@ -103,22 +110,6 @@ def build_backbone(
         *dense_layers(in_features, list(head_hidden), num_classes, head_activation, head_dropout, log_softmax)
     )
     return BackboneClassifier(backbone, head, key, in_features)
-
-
-def backbone_spec(model_cfg: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
-    """The rebuildable {name, kwargs} spec of a backbone model section (kwargs are plain data)."""
-    _check_name(model_cfg.name)
-    if in_shape[0] != 3:
-        raise UserError(f"model.name '{model_cfg.name}': pretrained backbones take 3-channel images, got {in_shape[0]}")
-    kwargs = dict(
-        name=model_cfg.name,
-        num_classes=int(num_classes),
-        head_hidden=[int(w) for w in model_cfg.head.hidden],
-        head_activation=str(model_cfg.head.activation),
-        head_dropout=float(model_cfg.head.dropout),
-        log_softmax=bool(model_cfg.log_softmax),
-    )
-    return {"name": model_cfg.name, "kwargs": kwargs}
 
 
 def pretrained_file(name: str) -> tuple[str, Path]:
@@ -206,22 +197,10 @@ def load_pretrained(
 
 
 def set_backbone_trainable(model: BackboneClassifier, trainable: bool) -> None:
-    """Switch gradients on or off for every backbone parameter."""
+    """Switch gradients on or off for every backbone parameter (batch norms follow at the next .train())."""
     for p in model.backbone.parameters():
         p.requires_grad_(trainable)
-
-
-def backbone_is_frozen(model: nn.Module) -> bool:
-    """Whether the model is a backbone classifier none of whose backbone parameters train."""
-    return isinstance(model, BackboneClassifier) and not any(p.requires_grad for p in model.backbone.parameters())
-
-
-def freeze_batchnorm_stats(model: nn.Module) -> None:
-    """Put a frozen backbone's BatchNorm layers in eval mode so their running stats stay fixed (after .train())."""
-    if backbone_is_frozen(model):
-        for m in model.backbone.modules():
-            if isinstance(m, BATCH_NORMS):
-                m.eval()
+    model.train(model.training)
 
 
 def param_groups(model: BackboneClassifier, lr: float, backbone_lr: float | None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Checkpoints: one file of tensors and plain data, written atomically and read with weights_only=True."""
+"""Checkpoints: what one holds, written atomically, and read with weights_only=True (no file ever runs code)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,38 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .models import build_model
+from .families import build_model, upgrade_arch
 
 FORMAT = "mnistcli"
 FORMAT_VERSION = 1
 INFO_KEYS = ("classes", "input_spec", "metrics", "epoch", "arch", "config", "versions")
+
+
+def payload(
+    model: nn.Module,
+    arch: dict[str, Any],
+    classes: list[str],
+    spec: dict[str, Any],
+    epoch: int,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    versions: dict[str, Any],
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything a checkpoint holds, as tensors and plain data; `resume` (training state) only in resumable ones."""
+    out = {
+        "arch": arch,
+        "state_dict": model.state_dict(),
+        "classes": list(classes),
+        "input_spec": spec,
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": config,
+        "versions": versions,
+    }
+    if resume is not None:
+        out["resume"] = resume
+    return out
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
@@ -68,6 +95,8 @@ def _check_format(ckpt: Any, path: Path) -> dict[str, Any]:
                 f"{path}: checkpoint format version {version} is newer than this mnistcli reads "
                 f"(up to {FORMAT_VERSION}); upgrade mnistcli"
             )
+        if isinstance(ckpt.get("arch"), dict):
+            ckpt["arch"] = upgrade_arch(ckpt["arch"])  # older versions named only the model
         return ckpt
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise CheckpointError(
@@ -78,14 +107,23 @@ def _check_format(ckpt: Any, path: Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from a checkpoint alone, in eval mode on `device`; info holds classes, input spec, metrics."""
+    """Rebuild the model from a checkpoint alone, in eval mode on `device`; info holds classes, the typed input
+    spec, metrics."""
+    from .inputspec import InputSpec
+
     ckpt = load_checkpoint(path)
     try:
         model = build_model(ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as exc:
+        spec = InputSpec.from_dict(ckpt["input_spec"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: the checkpoint's architecture and weights do not fit ({str(exc).splitlines()[0][:160]})"
         ) from None
     model.to(device).eval()
-    return model, {k: ckpt.get(k) for k in INFO_KEYS}
+    return model, {**{k: ckpt.get(k) for k in INFO_KEYS}, "input_spec": spec}
+
+
+def outputs_log_probs(arch: dict[str, Any]) -> bool:
+    """Whether the model ends in log-softmax (probabilities are exp(output), the loss is NLL)."""
+    return bool(arch["kwargs"].get("log_softmax"))

@@ -28,7 +28,8 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        for line in str(exc).splitlines():  # a config with several problems: one line each
+            typer.echo(f"error: {line}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

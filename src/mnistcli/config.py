@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
-from .typecheck import build_dataclass
+from .typecheck import Problems, build_dataclass
+from .validate import FOREIGN_KEYS, check, unused_keys
 
 
 @dataclass
@@ -33,9 +34,9 @@ class AugmentConfig:
 class DataConfig:
     """Which images, how they are split, transformed and batched."""
 
-    name: str = "mnist"  # mnist | fashion_mnist | image_folder | fake
-    root: str = "data"  # where torchvision datasets live (root/MNIST/raw, root/FashionMNIST/raw)
-    download: bool = True  # download mnist/fashion_mnist when missing
+    name: str = "mnist"  # a dataset registry name: mnist, fashion_mnist, kmnist, emnist_*, image_folder, fake
+    root: str = "data"  # where torchvision datasets live (root/MNIST/raw, root/FashionMNIST/raw, ...)
+    download: bool = True  # download torchvision datasets (mnist, fashion_mnist, kmnist, emnist_*) when missing
     train_dir: str | None = None  # image_folder: folder of class sub-folders
     val_dir: str | None = None  # image_folder: validation folder (else val_split of train_dir)
     test_dir: str | None = None  # image_folder: test folder, used by `eval`
@@ -161,70 +162,16 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict, as saved to config.yaml and in checkpoints."""
-        return dataclasses.asdict(self)
-
-
-# Range checks run after type checks: dotted key -> (test, what is allowed).
-_RANGES: dict[str, tuple[Any, str]] = {
-    "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "data.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "data.val_split": (lambda v: v > 0 and (isinstance(v, int) or v < 1), "a fraction in (0, 1) or a count >= 1"),
-    "data.image_size": (lambda v: v is None or v >= 8, "an integer >= 8"),
-    "data.channels": (lambda v: v in (None, 1, 3), "1 or 3"),
-    "data.num_workers": (lambda v: v is None or v >= 0, "an integer >= 0"),
-    "data.prefetch_factor": (lambda v: v >= 1, "an integer >= 1"),
-    "data.memory_limit_mb": (lambda v: v >= 0, "an integer >= 0"),
-    "data.fake_size": (lambda v: v >= 4, "an integer >= 4"),
-    "data.fake_classes": (lambda v: v >= 2, "an integer >= 2"),
-    "data.fake_shape": (
-        lambda v: len(v) == 3 and v[0] in (1, 3) and min(v[1:]) >= 8,
-        "[1 or 3, height >= 8, width >= 8]",
-    ),
-    "model.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "model.conv_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "model.head.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "model.kernel_size": (lambda v: v >= 1, "an integer >= 1"),
-    "model.pool_every": (lambda v: v >= 1, "an integer >= 1"),
-    "loss.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "optimizer.lr": (lambda v: v > 0, "a number > 0"),
-    "optimizer.backbone_lr": (lambda v: v is None or v > 0, "a number > 0"),
-    "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "optimizer.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "scheduler.step_size": (lambda v: v >= 1, "an integer >= 1"),
-    "scheduler.gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "scheduler.pct_start": (lambda v: 0 < v < 1, "a number in (0, 1)"),
-    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "train.grad_clip": (lambda v: v is None or v > 0, "a number > 0"),
-    "train.unfreeze_at_epoch": (lambda v: v is None or v >= 1, "an integer >= 1"),
-}
-
-
-def _check_ranges(cfg: Config, source: str) -> None:
-    """Reject values of the right type but outside what makes sense."""
-    for dotted, (test, allowed) in _RANGES.items():
-        value = get_value(cfg, dotted)
-        if value is not None and not test(value):
-            raise ConfigError(f"{source}: '{dotted}' must be {allowed}, got {value!r}")
-    if cfg.data.name == "image_folder" and not cfg.data.train_dir:
-        raise ConfigError(f"{source}: missing value for 'data.train_dir'; data.name 'image_folder' needs a folder")
-    for key in ("mean", "std"):
-        value = getattr(cfg.data, key)
-        if value is not None and not value:
-            raise ConfigError(f"{source}: 'data.{key}' must be a non-empty list of numbers")
-    if cfg.data.std and min(cfg.data.std) <= 0:
-        raise ConfigError(f"{source}: 'data.std' must hold numbers > 0, got {cfg.data.std!r}")
-    for key in ("scale", "resized_crop"):
-        value = getattr(cfg.data.augment, key)
-        if value is not None and (len(value) != 2 or not 0 < value[0] <= value[1]):
-            raise ConfigError(f"{source}: 'data.augment.{key}' must be [min, max] with 0 < min <= max, got {value!r}")
-
-
-def get_value(cfg: Any, dotted: str) -> Any:
-    """Read a dotted key from a config object."""
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+        """Plain nested dict of the keys this experiment's dataset, model, loss, optimizer and schedule read,
+        as saved to config.yaml and in checkpoints (so a saved config loads again as it is)."""
+        data = dataclasses.asdict(self)
+        for dotted in unused_keys(self):
+            *parents, key = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node.pop(key, None)
+        return data
 
 
 def parse_override(expr: str) -> tuple[list[str], Any]:
@@ -241,8 +188,9 @@ def parse_override(expr: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each `a.b=value` into a nested dict (validated later, with the rest)."""
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, str]:
+    """Set each `a.b=value` into a nested dict (validated later, with the rest); returns dotted key -> `--set`."""
+    origins = {}
     for expr in overrides:
         path, value = parse_override(expr)
         node = data
@@ -251,7 +199,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node[part] = {}
             node = node[part]
         node[path[-1]] = value
-    return data
+        origins[".".join(path)] = f"--set '{expr}'"
+    return origins
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -275,29 +224,46 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _present(data: Any, prefix: str = "") -> set[str]:
+    """Every dotted key written in a raw config, sections included."""
+    if not isinstance(data, dict):
+        return set()
+    keys = set()
+    for key, value in data.items():
+        keys.add(f"{prefix}{key}")
+        keys |= _present(value, f"{prefix}{key}.")
+    return keys
+
+
+def _source(dotted: str, origins: dict[str, str], where: str) -> str:
+    """The `--set` a key came from (or that set a key inside it), else the config file."""
+    for key, expr in origins.items():
+        if dotted == key or dotted.startswith(f"{key}.") or key.startswith(f"{dotted}."):
+            return expr
+    return where
+
+
 def load_config(
     source: str | Path | dict[str, Any] | Config | None = None,
     overrides: list[str] | None = None,
+    stored: bool = False,
 ) -> Config:
-    """Resolve defaults, then a YAML file or dict, then `a.b=value` overrides, into a validated Config."""
+    """Resolve defaults, then a YAML file or dict, then `a.b=value` overrides, into a validated Config.
+
+    Every problem is reported at once. `stored`: a config mnistcli saved (in a checkpoint, perhaps by an older
+    version): keys its choices do not read are dropped rather than refused."""
     if isinstance(source, Config):
         source = source.to_dict()
     if source is None or isinstance(source, dict):
-        data, where, stem = (
-            copy.deepcopy(source or {}),
-            "config",
-            "experiment",
-        )  # overrides must not touch the caller's dict
+        data, where, stem = copy.deepcopy(source or {}), "config", "experiment"  # never touch the caller's dict
     else:
         data, where, stem = read_yaml(source), str(source), Path(source).stem
-    data = apply_overrides(data, list(overrides or []))
-    cfg = build_dataclass(Config, data, "", where)
+    origins = apply_overrides(data, list(overrides or []))
+    problems: Problems = []
+    cfg = build_dataclass(Config, data, "", problems, FOREIGN_KEYS)
     if cfg.name is None:
         cfg.name = stem
-    _check_ranges(cfg, where)
+    problems += check(cfg, set() if stored else _present(data))
+    if problems:
+        raise ConfigError(*(f"{_source(key, origins, where)}: {message}" for key, message in problems))
     return cfg
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the fully resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

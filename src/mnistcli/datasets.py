@@ -1,4 +1,8 @@
-"""Source datasets: torchvision's classes behind a registry, with offline-friendly errors and the input spec."""
+"""The dataset registry: one descriptor per dataset, with torchvision's classes behind it.
+
+Torch-free: config validation, input specs and `predict` read descriptors; builders import torchvision when called.
+Adding a dataset is adding one `DatasetInfo` to DATASETS (see docs/EXTENDING.md).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,50 @@ import io
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Config, DataConfig
-from .errors import ConfigError, UserError, unknown_name
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 log = logging.getLogger(__name__)
 
-# Per-channel statistics of the training sets, in [0, 1] pixel units.
-STATS = {
-    "mnist": ([0.1307], [0.3081]),
-    "fashion_mnist": ([0.2860], [0.3530]),
-    "fake": ([0.5], [0.5]),
-    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-}
-IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # per channel, [0, 1] pixel units
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IDX_KEYS = frozenset({"data.root", "data.download"})
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-def _decompress_idx(raw: Path) -> None:
-    """Unpack shipped IDX .gz files next to themselves, as torchvision's MNIST classes expect."""
-    for name in IDX_FILES:
+@dataclass(frozen=True)
+class Canvas:
+    """How a dataset drew its glyphs on a 28x28 canvas, so `predict` can redraw a photo the same way."""
+
+    box: int = 20  # px: the longer side of the glyph after fitting
+    centre: str = "mass"  # 'mass': centre of mass at the canvas centre (MNIST); 'box': bounding box centred
+    thicken: bool = True  # widen pen strokes too thin to survive the shrink
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Everything mnistcli needs to know about one dataset."""
+
+    name: str
+    build: Callable[[DataConfig, str, Any], Any]  # (data section, 'train' | 'test', sample transform) -> dataset
+    keys: frozenset[str]  # dotted data keys this dataset reads beyond the common ones
+    shape: Callable[[DataConfig | None], tuple[int, int, int] | None]  # native (C, H, W); None: sizes vary
+    # (called with None where no config is at hand: then only a shape that needs no config is known)
+    count: Callable[[DataConfig], int | None]  # train + test images (memory estimate); None: unknown before reading
+    stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS  # mean, std of the training set
+    canvas: Canvas | None = None  # MNIST-style glyphs: predict --preprocess auto redraws photos this way
+    classes: Callable[[Any], list[str]] = field(default=lambda ds: list(ds.classes))  # names, by class index
+
+
+def _decompress_idx(raw: Path, files: tuple[str, ...]) -> None:
+    """Unpack IDX .gz files next to themselves, as torchvision's MNIST classes expect them."""
+    for name in files:
         target, packed = raw / name, raw / f"{name}.gz"
         if not target.exists() and packed.exists():
             tmp = target.with_suffix(".tmp")
@@ -38,26 +64,51 @@ def _decompress_idx(raw: Path) -> None:
             tmp.replace(target)  # atomic: an interrupted unpack never leaves a short file behind
 
 
-def _idx_dataset(cls_name: str, folder: str) -> Callable[[DataConfig, str, Any], Any]:
-    """Builder for a torchvision IDX dataset class (MNIST, FashionMNIST)."""
+def _idx(cls_name: str, files: tuple[str, ...], upright: bool = False, **kwargs: Any) -> Callable[..., Any]:
+    """Builder for a torchvision IDX dataset class; `upright` transposes images stored column-major (EMNIST)."""
 
     def build(cfg: DataConfig, split: str, transform: Any) -> Any:
         from torchvision import datasets
 
-        raw = Path(cfg.root) / folder / "raw"
-        _decompress_idx(raw)
+        raw = Path(cfg.root) / cls_name / "raw"  # torchvision's layout: <root>/<class name>/raw
+        _decompress_idx(raw, files)
         cls = getattr(datasets, cls_name)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each mirror it fails to reach
-                return cls(cfg.root, train=split != "test", transform=transform, download=cfg.download)
+                ds = cls(cfg.root, train=split != "test", transform=transform, download=cfg.download, **kwargs)
         except (RuntimeError, OSError, ValueError) as exc:  # "Dataset not found" or an offline download
             what = "could not be downloaded" if cfg.download else "not found (data.download is false)"
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(
-                f"{cls_name} {what} ({reason}): put {', '.join(IDX_FILES)} (.gz or unpacked) in {raw}"
+                f"{cls_name} {what} ({reason}): put {', '.join(files)} (.gz or unpacked) in {raw}"
             ) from None
+        if upright:
+            ds.data = ds.data.transpose(1, 2).contiguous()  # __getitem__ and the memory loader both read .data
+        return ds
 
     return build
+
+
+_IDX_PARTS = ("train-images-idx3", "train-labels-idx1", "test-images-idx3", "test-labels-idx1")
+
+
+def _gray28(cfg: DataConfig | None) -> tuple[int, int, int]:
+    """The native shape of the MNIST family: 28x28 grayscale."""
+    return 1, 28, 28
+
+
+def _emnist(split: str, count: int, stats: tuple[float, float]) -> DatasetInfo:
+    """One EMNIST split: its own IDX files in <root>/EMNIST/raw, glyphs upright, letters filling the frame."""
+    files = tuple(f"emnist-{split}-{part}-ubyte" for part in _IDX_PARTS)
+    return DatasetInfo(
+        f"emnist_{split}",
+        _idx("EMNIST", files, upright=True, split=split),
+        IDX_KEYS,
+        _gray28,
+        lambda c: count,
+        ((stats[0],), (stats[1],)),
+        Canvas(box=24, centre="box"),
+    )
 
 
 def _fake(cfg: DataConfig, split: str, transform: Any) -> Any:
@@ -72,8 +123,12 @@ def _fake(cfg: DataConfig, split: str, transform: Any) -> Any:
 
 
 def _image_folder(cfg: DataConfig, split: str, transform: Any) -> Any:
-    """torchvision's ImageFolder on data.train_dir / val_dir / test_dir, skipping or refusing bad files."""
+    """torchvision's ImageFolder on data.train_dir / val_dir / test_dir, skipping or refusing bad files.
+
+    Files are decoded by `preprocess.open_image`, the decoder `predict` uses (EXIF rotation included)."""
     from torchvision import datasets
+
+    from .preprocess import open_image
 
     folder = {"train": cfg.train_dir, "val": cfg.val_dir, "test": cfg.test_dir}[split]
     if folder is None:
@@ -95,7 +150,7 @@ def _image_folder(cfg: DataConfig, split: str, transform: Any) -> Any:
         return ok
 
     try:
-        ds = datasets.ImageFolder(str(path), transform=transform, is_valid_file=valid)
+        ds = datasets.ImageFolder(str(path), transform=transform, loader=open_image, is_valid_file=valid)
     except FileNotFoundError as exc:
         raise UserError(f"data.{split}_dir: {path}: no images found ({exc})") from None
     for file in bad:
@@ -121,19 +176,55 @@ def _readable_image(file: str) -> bool:
         return False
 
 
-DATASETS: dict[str, Callable[[DataConfig, str, Any], Any]] = {
-    "mnist": _idx_dataset("MNIST", "MNIST"),
-    "fashion_mnist": _idx_dataset("FashionMNIST", "FashionMNIST"),
-    "fake": _fake,
-    "image_folder": _image_folder,
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo(
+            "mnist", _idx("MNIST", MNIST_FILES), IDX_KEYS, _gray28, lambda c: 70_000, ((0.1307,), (0.3081,)), Canvas()
+        ),
+        DatasetInfo(
+            "fashion_mnist",
+            _idx("FashionMNIST", MNIST_FILES),
+            IDX_KEYS,
+            _gray28,
+            lambda c: 70_000,
+            ((0.2860,), (0.3530,)),
+            Canvas(box=28, centre="box", thicken=False),  # products fill the frame, centred geometrically
+        ),
+        DatasetInfo(
+            "kmnist",
+            _idx("KMNIST", MNIST_FILES),
+            IDX_KEYS,
+            _gray28,
+            lambda c: 70_000,
+            ((0.1918,), (0.3483,)),
+            Canvas(box=24, centre="box"),  # brush-written characters, nearly filling the frame
+        ),
+        _emnist("balanced", 131_600, (0.1751, 0.3332)),
+        _emnist("digits", 280_000, (0.1733, 0.3317)),
+        _emnist("letters", 145_600, (0.1722, 0.3309)),
+        DatasetInfo(
+            "image_folder",
+            _image_folder,
+            frozenset({"data.train_dir", "data.val_dir", "data.test_dir", "data.on_bad_file"}),
+            lambda c: None,
+            lambda c: None,
+        ),
+        DatasetInfo(
+            "fake",
+            _fake,
+            frozenset({"data.fake_size", "data.fake_classes", "data.fake_shape"}),
+            lambda c: (c.fake_shape[0], c.fake_shape[1], c.fake_shape[2]) if c else None,
+            lambda c: c.fake_size + max(c.fake_size // 4, 1),
+            ((0.5,), (0.5,)),
+        ),
+    )
 }
 
 
 def load_split(cfg: DataConfig, split: str, transform: Any = None) -> Any:
-    """Open the `train` (train+val pool) or `test` split of the configured dataset."""
-    if cfg.name not in DATASETS:
-        raise unknown_name("dataset", cfg.name, DATASETS, where="data.name")
-    return DATASETS[cfg.name](cfg, split, transform)
+    """Open the `train` (train+val pool), `val` (image folders) or `test` split of the configured dataset."""
+    return DATASETS[cfg.name].build(cfg, split, transform)
 
 
 def check_same_classes(train_classes: list[str], other: list[str], split: str) -> None:
@@ -144,46 +235,3 @@ def check_same_classes(train_classes: list[str], other: list[str], split: str) -
         raise UserError(
             f"data.{split}_dir classes differ from data.train_dir: missing {missing or 'none'}, extra {extra or 'none'}"
         )
-
-
-def native_shape(cfg: DataConfig) -> tuple[int, int | None]:
-    """(channels, side) of the raw images; side None when images vary (folders)."""
-    if cfg.name in ("mnist", "fashion_mnist"):
-        return 1, 28
-    if cfg.name == "fake":
-        return cfg.fake_shape[0], cfg.fake_shape[1]
-    return 3, None
-
-
-def input_spec(cfg: Config, is_backbone: bool) -> dict[str, Any]:
-    """What the network takes in: channels, size, normalization and resize mode (travels in checkpoints)."""
-    data = cfg.data
-    channels, side = native_shape(data)
-    if is_backbone:
-        if data.channels == 1:
-            raise ConfigError("data.channels: pretrained backbones take 3-channel images; use 3 or leave it unset")
-        channels = 3
-    channels = data.channels or channels
-    size = data.image_size or side or (224 if is_backbone else 64)
-    if data.name == "fake" and data.image_size is None:
-        size_hw = list(data.fake_shape[1:])
-    else:
-        size_hw = [size, size]
-    stats_key = "imagenet" if (is_backbone and cfg.model.pretrained) or data.name == "image_folder" else data.name
-    mean, std = STATS[stats_key]
-    mean, std = list(data.mean or mean), list(data.std or std)
-    if len(mean) == 1 and channels == 3:  # a grayscale dataset's statistics, repeated for RGB input
-        mean, std = mean * 3, std * 3
-    if len(mean) != channels or len(std) != channels:
-        raise ConfigError(
-            f"data.mean/data.std: need {channels} value(s) for {channels}-channel input, got {mean}, {std}"
-        )
-    return {
-        "dataset": data.name,
-        "channels": channels,
-        "size": size_hw,
-        "normalize": data.normalize,
-        "mean": mean,
-        "std": std,
-        "resize": "crop" if is_backbone else "stretch",
-    }

@@ -26,7 +26,7 @@ class StepSetup:
 
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any = None  # stepped every batch when given here
+    schedule: Any = None  # the run's LRSchedule: step_batch() after every optimizer step
     scaler: Any = None  # torch.amp.GradScaler for fp16
     amp_dtype: torch.dtype | None = None
     grad_clip: float | None = None
@@ -56,11 +56,6 @@ def train_one_epoch(
 ) -> dict[str, Any]:
     """Train one pass over `batches` (continuing `partial` sums after a resume); stops early when setup.stop is set."""
     model.train()
-    from .backbones import BackboneClassifier, freeze_batchnorm_stats
-
-    base = getattr(model, "_orig_mod", model)  # the module inside a torch.compile wrapper
-    if isinstance(base, BackboneClassifier):
-        freeze_batchnorm_stats(base)  # a frozen backbone's running statistics must not drift
     done = dict(partial or {"loss_sum": 0.0, "correct": 0, "seen": 0, "batches": 0})
     loss_sum = torch.tensor(done["loss_sum"], dtype=torch.float64, device=device)
     correct = torch.tensor(done["correct"], dtype=torch.int64, device=device)
@@ -116,8 +111,8 @@ def _step(
         setup.scaler.update()
     else:
         setup.optimizer.step()
-    if setup.scheduler is not None:
-        setup.scheduler.step()
+    if setup.schedule is not None:
+        setup.schedule.step_batch()
     return loss, out
 
 

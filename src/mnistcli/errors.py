@@ -1,4 +1,4 @@
-"""Errors that reach the user as one line and exit code 2."""
+"""Errors that reach the user as one line each and exit code 2."""
 
 from __future__ import annotations
 
@@ -7,13 +7,20 @@ from collections.abc import Iterable
 
 
 class UserError(Exception):
-    """A problem with the user's input: the CLI prints its message on one line and exits with code 2."""
+    """A problem with the user's input: the CLI prints its message and exits with code 2, no traceback."""
 
     exit_code = 2
 
 
 class ConfigError(UserError):
-    """An invalid experiment config: names the file and the dotted key."""
+    """An invalid experiment config: one line per problem, each naming its source and dotted key."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        lines = list(self.problems)
+        if len(lines) > 1:
+            lines.append(f"{len(lines)} problems in the config")
+        super().__init__("\n".join(lines))
 
 
 class CheckpointError(UserError):
@@ -26,8 +33,8 @@ def closest(name: str, allowed: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def unknown_name(kind: str, name: str, allowed: Iterable[str], where: str = "") -> UserError:
-    """Build the error for a name missing from a registry, listing the allowed names."""
+def unknown_name(kind: str, name: str, allowed: Iterable[str], where: str = "") -> str:
+    """The message for a name missing from a registry, listing the allowed names."""
     allowed = sorted(allowed)
     prefix = f"{where}: " if where else ""
-    return ConfigError(f"{prefix}unknown {kind} '{name}'{closest(name, allowed)}; allowed: {', '.join(allowed)}")
+    return f"{prefix}unknown {kind} '{name}'{closest(name, allowed)}; allowed: {', '.join(allowed)}"

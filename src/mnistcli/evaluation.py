@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import load_model
+from .checkpoint import load_model, outputs_log_probs
 from .config import load_config
 from .engine import evaluate
 from .loaders import make_batches, open_splits
@@ -30,7 +30,7 @@ def evaluate_checkpoint(
         raise UserError(f"--split '{split}' is not a split; allowed: {', '.join(SPLITS)}")
     dev = resolve_device(device)
     model, info = load_model(ckpt_path, dev)
-    cfg = load_config(info["config"])
+    cfg = load_config(info["config"], stored=True)
     if data_root is not None:
         if cfg.data.name == "image_folder":  # the folder of class sub-folders to evaluate on
             setattr(cfg.data, "val_dir" if split == "val" else f"{split}_dir", str(data_root))
@@ -40,8 +40,7 @@ def evaluate_checkpoint(
     spec, classes = info["input_spec"], info["classes"]
     splits, _ = open_splits(cfg, spec, [split], classes=classes)
     batches = make_batches(splits[split], cfg, spec, dev, train=False)
-    log_probs = bool(info["arch"]["kwargs"].get("log_softmax"))
-    loss_fn = nn.NLLLoss() if log_probs else nn.CrossEntropyLoss()
+    loss_fn = nn.NLLLoss() if outputs_log_probs(info["arch"]) else nn.CrossEntropyLoss()
     res = evaluate(model, batches, loss_fn, dev, len(classes), progress=progress, desc=f"eval {split}")
     return {
         "checkpoint": str(ckpt_path),

@@ -18,12 +18,12 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from .config import Config
-from .datasets import check_same_classes, load_split, native_shape
+from .datasets import DATASETS, check_same_classes, load_split
 from .errors import UserError
-from .presets import BatchTransform, SampleTransform
+from .inputspec import InputSpec
+from .pipeline import BatchTransform, SampleTransform
 
 Tensors = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 targets (N,)
-IDX_DATASETS = ("mnist", "fashion_mnist")
 
 
 class EpochOrder(Sampler[int]):
@@ -104,30 +104,31 @@ def _init_worker(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def use_memory(cfg: Config, spec: dict[str, Any]) -> bool:
-    """Whether the in-memory path applies: forced by data.loader, or auto for small fixed-size sets."""
+def use_memory(cfg: Config, spec: InputSpec) -> bool:
+    """Whether the in-memory path applies: forced by data.loader, or auto for sets of known, small size."""
     if cfg.data.loader != "auto":
         return cfg.data.loader == "memory"
-    if cfg.data.name == "image_folder":
+    n = DATASETS[cfg.data.name].count(cfg.data)
+    if n is None:
         return False  # folders are decoded per sample by DataLoader workers
-    channels, side = native_shape(cfg.data)
-    n = 70_000 if cfg.data.name in IDX_DATASETS else cfg.data.fake_size
-    return n * channels * (side or spec["size"][0]) ** 2 <= cfg.data.memory_limit_mb * 2**20
+    return n * math.prod(spec.stored) <= cfg.data.memory_limit_mb * 2**20
 
 
-def _to_tensors(ds: Any) -> Tensors:
-    """Decode a whole dataset into one uint8 tensor (IDX datasets are already one)."""
-    if isinstance(getattr(ds, "data", None), torch.Tensor):
-        return ds.data.unsqueeze(1), torch.as_tensor(ds.targets, dtype=torch.int64)
+def _to_tensors(ds: Any, spec: InputSpec) -> Tensors:
+    """Decode a whole dataset into one uint8 tensor at the stored shape."""
+    data = getattr(ds, "data", None)
+    if isinstance(data, torch.Tensor) and data.dtype == torch.uint8 and (1, *data.shape[1:]) == spec.stored:
+        # IDX datasets hold their images as one tensor already at the stored shape: per-sample decoding
+        # (what SampleTransform would do) leaves each one unchanged
+        return data.unsqueeze(1), torch.as_tensor(ds.targets, dtype=torch.int64)
     images, targets = zip(*(ds[i] for i in range(len(ds))))
     return torch.stack(images), torch.as_tensor(targets, dtype=torch.int64)
 
 
-def _open(cfg: Config, spec: dict[str, Any], split: str, memory: bool) -> tuple[Any, list[str]]:
+def _open(cfg: Config, spec: InputSpec, split: str, memory: bool) -> tuple[Any, list[str]]:
     """Open one split as tensors (memory) or as a dataset yielding uint8 samples."""
-    transform = None if memory and cfg.data.name in IDX_DATASETS else SampleTransform(spec)
-    ds = load_split(cfg.data, split, transform)
-    return (_to_tensors(ds) if memory else ds), list(ds.classes)
+    ds = load_split(cfg.data, split, SampleTransform(spec))
+    return (_to_tensors(ds, spec) if memory else ds), DATASETS[cfg.data.name].classes(ds)
 
 
 def _take(src: Any, idx: torch.Tensor) -> Any:
@@ -147,7 +148,7 @@ def split_indices(n: int, val_split: float | int, seed: int) -> tuple[torch.Tens
 
 
 def open_splits(
-    cfg: Config, spec: dict[str, Any], names: list[str], classes: list[str] | None = None
+    cfg: Config, spec: InputSpec, names: list[str], classes: list[str] | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     """Open the named splits ('train', 'val', 'test'); val comes from val_dir or a seeded split of train."""
     memory = use_memory(cfg, spec)
@@ -171,7 +172,7 @@ def open_splits(
 
 
 def make_batches(
-    src: Any, cfg: Config, spec: dict[str, Any], device: torch.device, train: bool, channels_last: bool = False
+    src: Any, cfg: Config, spec: InputSpec, device: torch.device, train: bool, channels_last: bool = False
 ) -> DeviceBatches:
     """Wrap one opened split into device batches: shuffled and augmented when `train`."""
     batch = cfg.data.batch_size if train else cfg.data.eval_batch_size

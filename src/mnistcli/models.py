@@ -1,27 +1,15 @@
-"""Pure nn.Modules and the registry of builders that make them from plain arguments.
+"""Pure nn.Modules of our own families (mlp, cnn and the tutorial networks built from them).
 
-A model's architecture spec is `{"name": ..., "kwargs": {...}}`: `build_model(spec)` rebuilds it with no config
-file, which is how checkpoints restore models.
+`families.py` registers them and turns config sections into their constructor arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import nn
 
-from .errors import unknown_name
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "leaky_relu": nn.LeakyReLU,
-}
-
+from .errors import ConfigError, unknown_name
+from .families import ACTIVATIONS
 
 MONOTONIC = {"relu", "leaky_relu", "tanh"}  # order-preserving: they commute with max-pooling
 
@@ -29,8 +17,8 @@ MONOTONIC = {"relu", "leaky_relu", "tanh"}  # order-preserving: they commute wit
 def make_activation(name: str) -> nn.Module:
     """Return a fresh activation module by name."""
     if name not in ACTIVATIONS:
-        raise unknown_name("activation", name, ACTIVATIONS)
-    return ACTIVATIONS[name]()
+        raise ConfigError(unknown_name("activation", name, ACTIVATIONS))
+    return getattr(nn, ACTIVATIONS[name])()
 
 
 def dense_layers(
@@ -122,76 +110,3 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images (N, C, H, W) to class scores (N, classes)."""
         return self.classifier(self.features(x))
-
-
-# Presets: the networks the source tutorials teach, as fixed constructor arguments.
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    # Conv2d 1->32->64->64, 3x3 valid, ReLU after each, Flatten, Linear -> classes.
-    "image_classifier": (
-        "cnn",
-        dict(channels=[32, 64, 64], hidden=[], kernel_size=3, padding=0, pool="none", batch_norm=False),
-    ),
-    # conv 6@5x5, max-pool, conv 12@5x5, max-pool, fc 120, fc 60, out.
-    "lenet_tutorial": (
-        "cnn",
-        dict(channels=[6, 12], hidden=[120, 60], kernel_size=5, padding=0, pool="max", batch_norm=False),
-    ),
-    # 784-128-64-10 with ReLU.
-    "mlp_tutorial": ("mlp", dict(hidden=[128, 64], activation="relu", dropout=0.0)),
-}
-
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN}
-
-
-def model_names() -> list[str]:
-    """All names `model.name` accepts."""
-    from .backbones import BACKBONES
-
-    return sorted([*MODELS, *PRESETS, *BACKBONES])
-
-
-def arch_spec(model_cfg: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
-    """Turn the model section of a config into a rebuildable {name, kwargs} spec."""
-    name = model_cfg.name
-    if name in PRESETS:
-        base, fixed = PRESETS[name]
-        kwargs = dict(fixed, log_softmax=model_cfg.log_softmax)
-        return {"name": base, "preset": name, "kwargs": dict(in_shape=in_shape, num_classes=num_classes, **kwargs)}
-    common = dict(
-        in_shape=in_shape,
-        num_classes=num_classes,
-        hidden=list(model_cfg.hidden),
-        activation=model_cfg.activation,
-        dropout=model_cfg.dropout,
-        log_softmax=model_cfg.log_softmax,
-    )
-    if name == "mlp":
-        return {"name": "mlp", "kwargs": common}
-    if name == "cnn":
-        conv = dict(
-            channels=list(model_cfg.channels),
-            kernel_size=model_cfg.kernel_size,
-            padding=model_cfg.padding,
-            pool=model_cfg.pool,
-            pool_every=model_cfg.pool_every,
-            batch_norm=model_cfg.batch_norm,
-            conv_dropout=model_cfg.conv_dropout,
-        )
-        return {"name": "cnn", "kwargs": {**common, **conv}}
-    from .backbones import BACKBONES, backbone_spec
-
-    if name in BACKBONES:
-        return backbone_spec(model_cfg, in_shape, num_classes)
-    raise unknown_name("model", name, model_names(), where="model.name")
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from its architecture spec (weights are loaded separately)."""
-    name = spec["name"]
-    if name in MODELS:
-        return MODELS[name](**spec["kwargs"])
-    from .backbones import BACKBONES, build_backbone
-
-    if name in BACKBONES:
-        return build_backbone(**spec["kwargs"])
-    raise unknown_name("model", name, model_names(), where="checkpoint")

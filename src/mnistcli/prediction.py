@@ -7,9 +7,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import load_model, outputs_log_probs
 from .errors import UserError
-from .preprocess import mode_for, normalize, open_image, prepare_pixels, save_pixels
+from .inputspec import InputSpec
+from .pipeline import network_input, resized_input
+from .preprocess import mode_for, open_image, prepare_pixels, save_pixels
 
 BATCH = 256  # images per forward pass
 
@@ -36,17 +38,17 @@ def predict_images(
         except UserError as exc:
             results.append({"path": str(path), "error": str(exc)})
             continue
-        if show_input is not None:
-            save_pixels(pixels, Path(show_input) / f"{Path(path).stem}.png")
         results.append({"path": str(path)})
-        ready.append((len(results) - 1, normalize(pixels, spec)))
-    log_probs = bool(info["arch"]["kwargs"].get("log_softmax"))
+        ready.append((len(results) - 1, pixels))
+    if show_input is not None:
+        _show(ready, results, spec, Path(show_input))
     k = min(topk, len(classes))
     with torch.inference_mode():
         for start in range(0, len(ready), BATCH):
             chunk = ready[start : start + BATCH]
-            out = model(torch.stack([x for _, x in chunk]).to(device)).float()
-            probs = out.exp() if log_probs else out.softmax(1)
+            x = network_input(torch.stack([px for _, px in chunk]).to(device), spec)
+            out = model(x).float()
+            probs = out.exp() if outputs_log_probs(info["arch"]) else out.softmax(1)
             top_p, top_i = probs.topk(k, dim=1)
             for (slot, _), p_row, i_row in zip(chunk, top_p.tolist(), top_i.tolist()):
                 top = [{"label": classes[i], "index": i, "probability": p} for p, i in zip(p_row, i_row)]
@@ -54,3 +56,10 @@ def predict_images(
                     label=top[0]["label"], index=top[0]["index"], probability=top[0]["probability"], topk=top
                 )
     return results
+
+
+def _show(ready: list[tuple[int, torch.Tensor]], results: list[dict[str, Any]], spec: InputSpec, folder: Path) -> None:
+    """Save what the network saw for each image (before normalization) as PNG, named after the image."""
+    for slot, pixels in ready:
+        seen = resized_input(pixels[None], spec)[0].mul(255).round().clamp(0, 255).to(torch.uint8)
+        save_pixels(seen, folder / f"{Path(results[slot]['path']).stem}.png")

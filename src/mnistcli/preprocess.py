@@ -1,4 +1,5 @@
-"""Image files -> the exact tensor a trained network expects (used by `predict` and the training loaders).
+"""Image files -> the uint8 pixels a dataset stores: decoding, channel conversion, resizing, and MNIST's recipe
+for drawing a photographed glyph on a 28x28 canvas. `pipeline.py` turns stored pixels into network input.
 
 Imports only PIL, numpy and torch: torchvision costs seconds to import and predict's cold start must stay small.
 """
@@ -6,20 +7,18 @@ Imports only PIL, numpy and torch: torchvision costs seconds to import and predi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .datasets import DATASETS, Canvas
 from .errors import UserError, closest
+from .inputspec import InputSpec
 
 MODES = ("auto", "mnist", "none")
-MNIST_FAMILY = ("mnist", "fashion_mnist")
-CROP_RATIO = 224 / 256  # pretrained eval preset: resize shorter side to size / ratio, then centre-crop size
 CANVAS = 28  # MNIST's canvas side, in pixels
-DIGIT_BOX = 20  # MNIST digits were fitted into a 20x20 box inside the 28x28 canvas
 INK_THRESHOLD = 0.25  # fraction of the (3x3-averaged) ink peak below which a pixel is paper texture, not ink
 MIN_CONTRAST = 16  # gray levels between paper and the strongest ink; less than this is a blank image
 MIN_STROKE = 2.0  # px: thinner strokes in the 20x20 box are thickened (MNIST strokes are ~2-4 px wide)
@@ -49,12 +48,18 @@ def open_image(path: str | Path) -> Image.Image:
         raise UserError(f"{path}: not an image file or corrupt ({reason})") from None
 
 
-def mode_for(spec: dict[str, Any], requested: str) -> str:
-    """Resolve --preprocess: 'auto' is 'mnist' for MNIST-family checkpoints, 'none' otherwise."""
+def canvas_of(spec: InputSpec) -> Canvas | None:
+    """The glyph recipe of the checkpoint's dataset, for datasets drawn MNIST-style."""
+    info = DATASETS.get(spec.dataset)
+    return info.canvas if info is not None else None
+
+
+def mode_for(spec: InputSpec, requested: str) -> str:
+    """Resolve --preprocess: 'auto' is 'mnist' for datasets drawn MNIST-style, 'none' otherwise."""
     if requested not in MODES:
         raise UserError(f"unknown --preprocess '{requested}'{closest(requested, MODES)}; allowed: {', '.join(MODES)}")
     if requested == "auto":
-        return "mnist" if spec.get("dataset") in MNIST_FAMILY else "none"
+        return "mnist" if canvas_of(spec) is not None else "none"
     return requested
 
 
@@ -115,25 +120,6 @@ def fit_pixels(img: Image.Image, channels: int, size: list[int] | tuple[int, int
     return _to_tensor(img)
 
 
-def _resize_tensor(pixels: torch.Tensor, size: list[int]) -> torch.Tensor:
-    """uint8 (C, h, w) -> uint8 (C, H, W), bilinear antialiased as the training batch transform does."""
-    h, w = int(size[0]), int(size[1])
-    if tuple(pixels.shape[1:]) == (h, w):
-        return pixels
-    x = F.interpolate(pixels[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    return x[0].round().clamp(0, 255).to(torch.uint8)
-
-
-def _crop_pixels(img: Image.Image, spec: dict[str, Any]) -> torch.Tensor:
-    """Pretrained eval preset: shorter side to round(H * 256/224), centre crop H x W (as training stores, crops)."""
-    h, w = spec["size"]
-    side = round(h / CROP_RATIO)
-    stored = fit_pixels(img, spec["channels"], [side, side], crop=True)  # what the training loader stores
-    inner = round(side * CROP_RATIO)  # == H for every H; training crops this central square, then resizes to H x W
-    top = int(round((side - inner) / 2.0))
-    return _resize_tensor(stored[:, top : top + inner, top : top + inner].contiguous(), [h, w])
-
-
 def _frame(arr: np.ndarray) -> np.ndarray:
     """The outer border pixels (a frame ~2% of the shorter side wide, at least 1 px)."""
     k = max(1, min(arr.shape) // 50)
@@ -168,8 +154,8 @@ def _thicken(ink: np.ndarray, box: int) -> np.ndarray:
     return F.max_pool2d(t, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0].numpy()
 
 
-def _mnist_canvas(img: Image.Image, fashion: bool) -> np.ndarray:
-    """MNIST's recipe: light ink on black, cropped, fitted to 20x20 (fashion: 28x28), centred on a 28x28 canvas."""
+def _mnist_canvas(img: Image.Image, recipe: Canvas) -> np.ndarray:
+    """MNIST's recipe: light ink on black, cropped, fitted into the recipe's box, centred on a 28x28 canvas."""
     gray = convert(img, 1)
     if max(gray.size) > MAX_SIDE:
         scale = MAX_SIDE / max(gray.size)
@@ -188,16 +174,16 @@ def _mnist_canvas(img: Image.Image, fashion: bool) -> np.ndarray:
     smooth = F.avg_pool2d(torch.from_numpy(ink)[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
     ink = np.where(smooth.numpy() >= INK_THRESHOLD * float(smooth.max()), ink, 0)
     rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
-    box = CANVAS if fashion else DIGIT_BOX
+    box = recipe.box
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    if not fashion:
+    if recipe.thicken:
         ink = _thicken(ink, box)
     scale = box / max(ink.shape)
     new_w, new_h = max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale))
     shrunk = Image.fromarray(np.ascontiguousarray(ink, dtype=np.float32)).resize((new_w, new_h), BILINEAR)  # mode F
     digit = np.clip(np.asarray(shrunk, dtype=np.float32), 0, None)
     digit = digit / max(float(digit.max()), 1e-6)  # MNIST digits peak at 255; thin strokes fade when shrunk
-    if fashion:  # Fashion-MNIST products are centred geometrically
+    if recipe.centre == "box":  # e.g. Fashion-MNIST products: the bounding box centred
         top, left = (CANVAS - new_h) // 2, (CANVAS - new_w) // 2
     else:  # MNIST centred the centre of mass (pixel-index coordinates) at (14, 14)
         ys, xs = np.indices(digit.shape)
@@ -217,33 +203,22 @@ def _already_prepared(img: Image.Image) -> bool:
     return float(np.median(_frame(np.asarray(img.convert("L"))))) < 32
 
 
-def prepare_pixels(img: Image.Image, spec: dict[str, Any], mode: str) -> torch.Tensor:
-    """uint8 (C, H, W): what the network sees before normalization, per spec and mode ('mnist' or 'none')."""
+def prepare_pixels(img: Image.Image, spec: InputSpec, mode: str) -> torch.Tensor:
+    """uint8 (C, H, W) at the spec's stored shape: what a loader holds for this image ('mnist' or 'none' mode).
+
+    'mnist' redraws a photo or drawing as the dataset drew its glyphs: the 28x28 canvas its images already are."""
     if mode == "mnist" and _already_prepared(img):
         mode = "none"  # e.g. a dataset image saved as PNG: reshaping it again would only blur it
-    if mode == "mnist":
-        canvas = torch.from_numpy(_mnist_canvas(img, spec.get("dataset") == "fashion_mnist"))[None]
-        return _resize_tensor(canvas.repeat(spec["channels"], 1, 1), spec["size"])
-    if mode != "none":
+    if mode == "none":
+        c, h, w = spec.stored
+        return fit_pixels(img, c, (h, w), crop=spec.resize == "crop")
+    if mode != "mnist":
         raise UserError(f"unknown preprocess mode '{mode}'; allowed: mnist, none")
-    if spec.get("resize") == "crop":
-        return _crop_pixels(img, spec)
-    return fit_pixels(img, spec["channels"], spec["size"])
-
-
-def normalize(pixels: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
-    """uint8 -> float32 in [0, 1], then (x - mean) / std per channel when spec['normalize']."""
-    x = pixels.to(torch.float32) / 255
-    if spec.get("normalize"):
-        mean = torch.tensor(spec["mean"], dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(spec["std"], dtype=torch.float32).view(-1, 1, 1)
-        x = (x - mean) / std
-    return x
-
-
-def prepare(img: Image.Image, spec: dict[str, Any], mode: str) -> torch.Tensor:
-    """The network-ready float tensor (C, H, W)."""
-    return normalize(prepare_pixels(img, spec, mode), spec)
+    canvas = torch.from_numpy(_mnist_canvas(img, canvas_of(spec) or Canvas()))[None]
+    c, h, w = spec.stored
+    if (h, w) != (CANVAS, CANVAS):  # a checkpoint of another dataset, asked for --preprocess mnist
+        return fit_pixels(Image.fromarray(canvas[0].numpy()), c, (h, w), crop=spec.resize == "crop")
+    return canvas.repeat(c, 1, 1)
 
 
 def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:

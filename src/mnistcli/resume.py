@@ -1,14 +1,22 @@
-"""What exact resume needs beyond the weights: RNG states, and which config changes a resume may bring."""
+"""Exact resume: what a resumable checkpoint holds beyond the weights (optimizer, schedule, RNG states, data
+order, history), which config changes a resume may bring, and putting a run back where it stopped."""
 
 from __future__ import annotations
 
+import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .config import Config, load_config
 from .errors import UserError
+from .runs import newest_resumable, run_dir
+from .runstate import Run, unfreeze
+
+log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: its length, its learning rate, and where/how it runs.
 RESUMABLE_CHANGES = {
@@ -54,6 +62,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def resume_path(cfg: Config, resume: str | Path) -> Path:
+    """`last` means the run folder's newest resumable checkpoint (interrupted.pt or last.pt)."""
+    return newest_resumable(run_dir(cfg)) if str(resume) == "last" else Path(resume)
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}."""
     out: dict[str, Any] = {}
@@ -71,9 +84,10 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def check_resume(ckpt: dict[str, Any], new_cfg: dict[str, Any], new_arch: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def check_resume(ckpt: dict[str, Any], cfg: Config, new_arch: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Refuse a resume that changes the architecture or anything beyond length, lr and placement."""
-    changes = config_changes(ckpt["config"], new_cfg)
+    old = load_config(ckpt["config"], stored=True).to_dict()  # both resolved alike, whatever version saved it
+    changes = config_changes(old, cfg.to_dict())
     if ckpt["arch"] != new_arch:
         model_keys = [k for k in changes if k.startswith(("model.", "data."))] or ["the model's input or classes"]
         raise UserError(
@@ -88,3 +102,57 @@ def check_resume(ckpt: dict[str, Any], new_cfg: dict[str, Any], new_arch: dict[s
             "train.epochs, optimizer.lr and where the run reads and writes"
         )
     return changes
+
+
+def resume_state(run: Run, data: dict[str, torch.Tensor], partial: dict[str, Any] | None) -> dict[str, Any]:
+    """The training state a resumable checkpoint (last.pt, interrupted.pt) holds besides the weights."""
+    setup = run.setup
+    return {
+        "optimizer": setup.optimizer.state_dict(),
+        "scheduler": run.schedule.state_dict(),
+        "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
+        "rng": rng_state(),
+        "data": data,
+        "partial": partial,
+        "rows": run.rows,
+        "best": run.best,
+        "unfrozen": run.backbone_trains and run.cfg.train.unfreeze_at_epoch is not None,
+    }
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Put a run back where a checkpoint left it: weights, optimizer, schedule, RNGs, data order, history."""
+    state = ckpt.get("resume")
+    if state is None:
+        raise UserError(
+            "--resume: this checkpoint holds no training state (best.pt never does); use last.pt or interrupted.pt"
+        )
+    if ckpt["epoch"] >= run.cfg.train.epochs:
+        raise UserError(
+            f"--resume: the checkpoint already completed {ckpt['epoch']} of train.epochs "
+            f"{run.cfg.train.epochs}; raise it to train on, e.g. --set train.epochs={ckpt['epoch'] + 1}"
+        )
+    if state["unfrozen"]:
+        unfreeze(run)
+    run.model.load_state_dict(ckpt["state_dict"])
+    run.setup.optimizer.load_state_dict(state["optimizer"])
+    old, new = ckpt["config"], run.cfg
+    if (old["train"]["epochs"], old["optimizer"]["lr"], old["optimizer"].get("backbone_lr")) == (
+        new.train.epochs,
+        new.optimizer.lr,
+        new.optimizer.backbone_lr,
+    ):
+        run.schedule.load_state_dict(state["scheduler"])
+    else:  # a new length or lr: the config's rates, and a new schedule advanced to where the run stands
+        lrs = [
+            (new.optimizer.backbone_lr or new.optimizer.lr) if g.get("name") == "backbone" else new.optimizer.lr
+            for g in run.setup.optimizer.param_groups
+        ]
+        run.schedule.restart(lrs, state["scheduler"]["last_epoch"] if state["scheduler"] else 0)
+    if run.setup.scaler is not None and state["scaler"]:
+        run.setup.scaler.load_state_dict(state["scaler"])
+    partial = state["partial"]
+    run.train_batches.load_state(state["data"], skip_batches=partial["batches"] if partial else 0)
+    set_rng_state(state["rng"])
+    run.epoch, run.rows, run.best, run.partial = ckpt["epoch"], state["rows"], state["best"], partial
+    log.info("resumed at epoch %d%s", run.epoch + 1, f", batch {partial['batches'] + 1}" if partial else "")

@@ -1,4 +1,4 @@
-"""Build dataclasses from raw YAML data, rejecting unknown keys and wrong types by their dotted key."""
+"""Build dataclasses from raw YAML data, collecting every unknown key and wrong type by its dotted key."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import dataclasses
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError, closest
+from .errors import closest
+
+Problems = list[tuple[str, str]]  # (dotted key, message): every problem found, reported together
 
 
 def _type_name(tp: Any) -> str:
@@ -55,28 +57,38 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return False, value
 
 
-def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by dotted key."""
+def field_names(cls: type) -> list[str]:
+    """The keys a config section accepts."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def build_dataclass(cls: type, data: Any, prefix: str, problems: Problems, hints: dict[str, str]) -> Any:
+    """Build `cls` from a mapping; bad entries are added to `problems` and left at their defaults.
+
+    `hints` maps dotted keys that other tools use to a pointer at ours (e.g. 'data.imgsz' -> 'data.image_size').
+    """
+    section = prefix.rstrip(".") or "config"
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping of keys, got {data!r}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+        problems.append((section, f"'{section}' must be a mapping of keys, got {data!r}"))
+        return cls()
+    types_ = get_type_hints(cls)
+    names = field_names(cls)
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(
-                f"{source}: unknown key '{dotted}'{closest(str(key), names)}; "
-                f"allowed in '{prefix.rstrip('.') or 'config'}': {', '.join(names)}"
-            )
-        tp = hints[key]
+            hint = f" ({hints[dotted]})" if dotted in hints else closest(str(key), names)
+            problems.append((dotted, f"unknown key '{dotted}'{hint}; allowed in '{section}': {', '.join(names)}"))
+            continue
+        tp = types_[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = build_dataclass(tp, value if value is not None else {}, f"{dotted}.", source)
+            kwargs[key] = build_dataclass(tp, value if value is not None else {}, f"{dotted}.", problems, hints)
             continue
         ok, coerced = _coerce(value, tp)
-        if not ok:
-            if value is None:
-                raise ConfigError(f"{source}: missing value for '{dotted}'; expected {_type_name(tp)}")
-            raise ConfigError(f"{source}: '{dotted}' must be {_type_name(tp)}, got {value!r}")
-        kwargs[key] = coerced
+        if ok:
+            kwargs[key] = coerced
+        elif value is None:
+            problems.append((dotted, f"missing value for '{dotted}'; expected {_type_name(tp)}"))
+        else:
+            problems.append((dotted, f"'{dotted}' must be {_type_name(tp)}, got {value!r}"))
     return cls(**kwargs)
