@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from mnistcli.config import OptimizerConfig, load_config  # noqa: E402
-from mnistcli.inputspec import input_spec  # noqa: E402
 from mnistcli.engine import StepSetup, train_one_epoch  # noqa: E402
-from mnistcli.loaders import make_batches, open_splits  # noqa: E402
 from mnistcli.families import arch_spec, build_model  # noqa: E402
+from mnistcli.inputspec import input_spec  # noqa: E402
+from mnistcli.loaders import make_batches, open_splits  # noqa: E402
 from mnistcli.optim import build_optimizer  # noqa: E402
 from mnistcli.runtime import keep_freed_memory  # noqa: E402
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from mnistcli.config import Config, load_config
-from mnistcli.runs import read_config, write_config
 from mnistcli.errors import ConfigError
+from mnistcli.runs import read_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from mnistcli.config import AugmentConfig, load_config
-from mnistcli.inputspec import InputSpec, input_spec
 from mnistcli.errors import UserError
+from mnistcli.inputspec import InputSpec, input_spec
 from mnistcli.loaders import make_batches, open_splits, split_indices, use_memory
 from mnistcli.pipeline import BatchTransform
 
