@@ -155,6 +155,11 @@ def _loop(run: Run, progress: bool) -> dict[str, Any]:
         }
         _end_epoch(run, row, va["per_class"])
     (run.out / INTERRUPTED).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    return _summary(run)
+
+
+def _summary(run: Run) -> dict[str, Any]:
+    """What `train` returns; a warning first when batches were skipped for a non-finite loss."""
     if run.setup.skipped:
         log.warning(
             "skipped %d batch(es) with a non-finite loss (epoch/batch: %s)",
@@ -162,7 +167,7 @@ def _loop(run: Run, progress: bool) -> dict[str, Any]:
             ", ".join(run.setup.skipped[:10]),
         )
     return {
-        "name": cfg.name,
+        "name": run.cfg.name,
         "out_dir": str(run.out),
         "best_epoch": run.best["epoch"],
         "best_val_acc": run.best["val_acc"],
