@@ -16,13 +16,7 @@ import torch.nn.functional as F
 
 from .config import AugmentConfig
 from .inputspec import CROP_RATIO, InputSpec
-from .preprocess import fit_pixels
-
-
-def stored_pixels(img: Any, spec: InputSpec) -> torch.Tensor:
-    """PIL image -> uint8 (C, H, W) at the stored shape: stretched, or (crop) covering it and centre-cropped."""
-    c, h, w = spec.stored
-    return fit_pixels(img, c, (h, w), crop=spec.resize == "crop")
+from .preprocess import stored_pixels
 
 
 class SampleTransform:

@@ -98,6 +98,12 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def stored_pixels(img: Image.Image, spec: InputSpec) -> torch.Tensor:
+    """uint8 (C, H, W) at the spec's stored shape: stretched, or (crop mode) covering it and centre-cropped."""
+    c, h, w = spec.stored
+    return fit_pixels(img, c, (h, w), crop=spec.resize == "crop")
+
+
 def _center_crop(img: Image.Image, h: int, w: int) -> Image.Image:
     """Central h x w region, offsets rounded as torchvision's CenterCrop does."""
     top = int(round((img.height - h) / 2.0))
@@ -210,15 +216,11 @@ def prepare_pixels(img: Image.Image, spec: InputSpec, mode: str) -> torch.Tensor
     if mode == "mnist" and _already_prepared(img):
         mode = "none"  # e.g. a dataset image saved as PNG: reshaping it again would only blur it
     if mode == "none":
-        c, h, w = spec.stored
-        return fit_pixels(img, c, (h, w), crop=spec.resize == "crop")
+        return stored_pixels(img, spec)
     if mode != "mnist":
         raise UserError(f"unknown preprocess mode '{mode}'; allowed: mnist, none")
-    canvas = torch.from_numpy(_mnist_canvas(img, canvas_of(spec) or Canvas()))[None]
-    c, h, w = spec.stored
-    if (h, w) != (CANVAS, CANVAS):  # a checkpoint of another dataset, asked for --preprocess mnist
-        return fit_pixels(Image.fromarray(canvas[0].numpy()), c, (h, w), crop=spec.resize == "crop")
-    return canvas.repeat(c, 1, 1)
+    # the 28x28 canvas is what MNIST-style datasets store; other checkpoints take it as any other image
+    return stored_pixels(Image.fromarray(_mnist_canvas(img, canvas_of(spec) or Canvas())), spec)
 
 
 def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:

@@ -132,10 +132,12 @@ def _names(cfg: Config) -> Problems:
     return problems
 
 
-def _ranges(cfg: Config) -> Problems:
-    """Values of the right type but outside what makes sense."""
+def _ranges(cfg: Config, unused: dict[str, str]) -> Problems:
+    """Values of the right type but outside what makes sense (keys the chosen entries do not read are not checked)."""
     problems = []
     for dotted, (test, allowed) in RANGES.items():
+        if dotted in unused:
+            continue
         value = get_value(cfg, dotted)
         if value is not None and not test(value):
             problems.append((dotted, f"'{dotted}' must be {allowed}, got {value!r}"))
@@ -175,4 +177,4 @@ def check(cfg: Config, present: set[str]) -> Problems:
     """Every problem of a well-typed config; `present` are the dotted keys the user wrote (unused ones are errors)."""
     unused = unused_keys(cfg)
     problems = [(k, f"unused key '{k}': {unused[k]}") for k in sorted(present) if k in unused]
-    return problems + _names(cfg) + _ranges(cfg) + _combinations(cfg)
+    return problems + _names(cfg) + _ranges(cfg, unused) + _combinations(cfg)
