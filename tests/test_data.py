@@ -204,3 +204,19 @@ def test_image_folder_in_memory_matches_the_dataloader(folder_root: Path) -> Non
         batches[loader] = next(iter(make_batches(splits["val"], cfg, spec, torch.device("cpu"), train=False)))
     assert torch.equal(batches["memory"][0], batches["torch"][0])
     assert torch.equal(batches["memory"][1], batches["torch"][1])
+
+
+def test_grayscale_network_on_an_rgb_folder_trains(folder_root: Path, tmp_path: Path) -> None:
+    """data.channels 1 on colour images: gray statistics derived from the RGB ones, and a 1-channel network."""
+    import mnistcli
+
+    data = {"name": "image_folder", "train_dir": str(folder_root / "train"), "channels": 1, "image_size": 16}
+    cfg = {
+        "data": {**data, "num_workers": 0, "batch_size": 8},
+        "model": {"name": "cnn", "channels": [4], "hidden": [8]},
+        "train": {"epochs": 1, "device": "cpu"},
+    }
+    spec = input_spec(load_config(cfg))
+    assert spec.channels == 1 and len(spec.mean) == len(spec.std) == 1 and 0.4 < spec.mean[0] < 0.5
+    metrics = mnistcli.train(cfg, out=tmp_path / "run")
+    assert 0 <= metrics["best_val_acc"] <= 1 and (tmp_path / "run" / "best.pt").is_file()

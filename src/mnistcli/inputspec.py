@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 CROP_RATIO = 224 / 256  # pretrained eval preset: the centre crop keeps this fraction of the stored square's side
 FOLDER_SIZE = 64  # px: the input side of a non-backbone network on folder images when data.image_size is unset
 BACKBONE_SIZE = 224  # px: a backbone's input side when data.image_size is unset
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 weights: how PIL converts RGB to grayscale ('L')
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ def input_spec(cfg: Config) -> InputSpec:
     mean, std = tuple(data.mean or mean), tuple(data.std or std)
     if len(mean) == 1 and channels == 3:  # a grayscale dataset's statistics, repeated for RGB input
         mean, std = mean * 3, std * 3
+    elif len(mean) == 3 and channels == 1:  # RGB statistics for images converted to gray: weighted as the
+        mean, std = (sum(w * m for w, m in zip(LUMA, mean)),), (sum(w * s for w, s in zip(LUMA, std)),)  # pixels
     return InputSpec(
         dataset=data.name,
         channels=channels,
