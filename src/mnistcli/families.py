@@ -108,18 +108,21 @@ def _tutorial(m: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
 
 
 def _build_mlp(name: str, kwargs: dict[str, Any]) -> Any:
+    """An MLP module."""
     from .models import MLP
 
     return MLP(**kwargs)
 
 
 def _build_cnn(name: str, kwargs: dict[str, Any]) -> Any:
+    """A CNN module."""
     from .models import CNN
 
     return CNN(**kwargs)
 
 
 def _build_tutorial(name: str, kwargs: dict[str, Any]) -> Any:
+    """A tutorial network, built by its base family."""
     return (_build_cnn if TUTORIALS[name][0] == "cnn" else _build_mlp)(name, kwargs)
 
 
@@ -147,6 +150,7 @@ def _backbone(m: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
 
 
 def _build_backbone(name: str, kwargs: dict[str, Any]) -> Any:
+    """A torchvision backbone with a new head (random weights; pretrained ones are loaded later)."""
     from .backbones import build_backbone
 
     return build_backbone(**kwargs)
