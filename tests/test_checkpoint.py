@@ -136,3 +136,15 @@ def test_failed_write_leaves_the_old_file_intact(tmp_path: Path, monkeypatch: py
         save_checkpoint(real_payload(), tmp_path / "best.pt")
     assert (tmp_path / "best.pt").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary file left behind
+
+
+def test_checkpoint_of_an_earlier_version_loads(tmp_path: Path) -> None:
+    """Earlier versions stored {'name': 'cnn', 'preset': ...} with no family, and specs with no stored shape."""
+    payload = real_payload()
+    new = payload["arch"]
+    payload["arch"] = {"name": "cnn", "preset": "lenet_tutorial", "kwargs": new["kwargs"]}
+    save_checkpoint(payload, tmp_path / "old.pt")
+    model, info = load_model(tmp_path / "old.pt")
+    assert info["arch"]["family"] == "tutorial" and info["arch"]["name"] == "lenet_tutorial"
+    assert info["input_spec"].stored == (1, 28, 28)
+    assert all(torch.equal(v, payload["state_dict"][k]) for k, v in model.state_dict().items())
