@@ -142,7 +142,7 @@ def throughput(repeats: int, steps: int, batch: int) -> list[dict]:
         ("pytorch/examples Net", EXAMPLES_NET, dict(channels=[32, 64], padding=0, pool_every=2, batch_norm=False)),
         (
             "cnn default (mnist_cnn.yaml)",
-            {k: v for k, v in default.__dict__.items() if k != "head"},
+            load_config(REPO / "configs" / "mnist_cnn.yaml").to_dict()["model"],
             dict(channels=default.channels, padding=1, pool_every=1, batch_norm=True),
         ),
     )
