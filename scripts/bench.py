@@ -333,9 +333,7 @@ def main() -> None:
                 [
                     *MLI,
                     "train",
-                    "configs/smoke.yaml",
-                    "--set",
-                    "data.name=mnist",
+                    "configs/mnist_fast.yaml",
                     "--set",
                     "train.epochs=1",
                     "--set",
