@@ -58,6 +58,17 @@ def test_train_writes_the_run_folder(trained: Path) -> None:
     assert resolved["train"]["epochs"] == 2 and "scheduler" in resolved
 
 
+def test_run_folder_reads_back_without_torch(trained: Path) -> None:
+    """runs.py reads what training wrote: metrics as numbers, the config as it loads again."""
+    from mnistcli.config import load_config
+    from mnistcli.runs import read_config, read_metrics
+
+    rows = read_metrics(trained)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(isinstance(r["val_acc"], float) for r in rows)
+    assert rows[-1]["val_acc"] == pytest.approx(load_model(trained / "last.pt")[1]["metrics"]["val_acc"], rel=1e-5)
+    assert load_config(read_config(trained)).optimizer.lr == 0.01
+
+
 def test_eval_json(trained: Path, mnist_root: Path) -> None:
     result = runner.invoke(app, ["eval", "--ckpt", str(trained / "best.pt"), "--json", "--data-root", str(mnist_root)])
     assert result.exit_code == 0, result.output
