@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,8 +95,9 @@ def test_truncated_file(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "cut.pt")
 
 
-def test_random_bytes(tmp_path: Path) -> None:
-    (tmp_path / "noise.pt").write_bytes(os.urandom(4096))
+@pytest.mark.parametrize("seed", range(20))
+def test_random_bytes(tmp_path: Path, seed: int) -> None:
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(seed).bytes(4096))
     with pytest.raises(CheckpointError, match="not a readable checkpoint|refused"):
         load_checkpoint(tmp_path / "noise.pt")
 
