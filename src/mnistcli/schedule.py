@@ -99,8 +99,3 @@ class LRSchedule:
                 group[key] = first[key] * lr_ratio
         if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
             self.scheduler.base_lrs.append(group.get("initial_lr", group["lr"]))
-
-    @property
-    def last_step(self) -> int:
-        """Steps (or epochs) the scheduler has taken."""
-        return self.scheduler.last_epoch if self.scheduler is not None else 0

@@ -57,11 +57,6 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return False, value
 
 
-def field_names(cls: type) -> list[str]:
-    """The keys a config section accepts."""
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def build_dataclass(cls: type, data: Any, prefix: str, problems: Problems, hints: dict[str, str]) -> Any:
     """Build `cls` from a mapping; bad entries are added to `problems` and left at their defaults.
 
@@ -72,7 +67,7 @@ def build_dataclass(cls: type, data: Any, prefix: str, problems: Problems, hints
         problems.append((section, f"'{section}' must be a mapping of keys, got {data!r}"))
         return cls()
     types_ = get_type_hints(cls)
-    names = field_names(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
