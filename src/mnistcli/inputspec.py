@@ -71,11 +71,17 @@ def stored_shape(
     return channels, size[0], size[1]
 
 
+def network_channels(cfg: Config) -> int:
+    """Channels the network takes: the family's demand, else data.channels, else the dataset's own (folders: 3)."""
+    native = DATASETS[cfg.data.name].shape(cfg.data)
+    return MODELS[cfg.model.name].input_channels or cfg.data.channels or (native[0] if native else 3)
+
+
 def input_spec(cfg: Config) -> InputSpec:
     """The spec a config trains with: the family's resize and channels, the dataset's shape and statistics."""
     data, family, info = cfg.data, MODELS[cfg.model.name], DATASETS[cfg.data.name]
     native = info.shape(data)
-    channels = family.input_channels or data.channels or (native[0] if native else 3)
+    channels = network_channels(cfg)
     if data.image_size:
         size = (data.image_size, data.image_size)
     elif native:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .datasets import DATASETS
 from .errors import unknown_name
 from .families import ACTIVATIONS, MODELS
+from .inputspec import network_channels
 from .optim import LOSSES, OPTIMIZERS
 from .schedule import SCHEDULERS
 from .typecheck import Problems
@@ -162,10 +163,8 @@ def _combinations(cfg: Config) -> Problems:
         )
     if data.mean is not None and data.std is not None and len(data.mean) != len(data.std):
         problems.append(("data.std", f"data.mean and data.std need as many values, got {data.mean}, {data.std}"))
-    info = DATASETS.get(data.name)
-    if family and info and data.mean:
-        native = info.shape(data)
-        channels = family.input_channels or data.channels or (native[0] if native else 3)
+    if family and data.name in DATASETS and data.mean:
+        channels = network_channels(cfg)
         if len(data.mean) not in (1, channels):
             problems.append(
                 ("data.mean", f"data.mean/data.std: need 1 or {channels} values for {channels}-channel input")
