@@ -35,7 +35,7 @@ class EpochOrder(Sampler[int]):
         self.skip = 0  # samples of the next epoch already consumed before an interruption
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return max(self.n - self.skip, 0)  # a resume at the end of an epoch's training skips it all
 
     def indices(self) -> torch.Tensor:
         """This epoch's order, minus the skipped start; advances the generator once per epoch."""
@@ -96,12 +96,15 @@ class DeviceBatches:
 
 
 def _init_worker(worker_id: int) -> None:
-    """Seed numpy and random from the worker's torch seed (itself from the run's seed); leave Ctrl-C to the
-    main process, which stops cleanly between steps."""
+    """Seed numpy and random from the worker's torch seed (itself from the run's seed); leave Ctrl-C and SIGTERM
+    to the main process, which stops cleanly between steps (schedulers signal the whole process group; a worker
+    that died of it would crash the main process mid-batch). Workers still exit with the main process: torch's
+    worker loop watches its parent."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def use_memory(cfg: Config, spec: InputSpec) -> bool:
