@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from http.client import HTTPException
@@ -28,7 +27,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .errors import ConfigError, UserError, unknown_name
+from .checkpoint import read_tensors
+from .errors import CheckpointError, ConfigError, UserError, unknown_name
 from .families import BACKBONES
 from .models import dense_layers
 
@@ -126,9 +126,9 @@ def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{what}: no such file: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # corrupt or unsafe
-        raise UserError(f"{what}: cannot read {path} as a state_dict: {str(exc).splitlines()[0]}") from None
+        data = read_tensors(path, "state_dict file")
+    except CheckpointError as exc:  # empty, unreadable or naming code: one line from the reader
+        raise UserError(f"{what}: cannot read {exc}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
             data = data[wrapper]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,12 @@ from typing import Any
 
 import typer
 
-from .errors import UserError
+from .errors import Terminated, UserError
+
+try:  # recent typer carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer uses click itself
+    from click.exceptions import ClickException
 
 app = typer.Typer(
     help="Train, evaluate and use image classifiers from YAML experiment configs.",
@@ -31,9 +37,15 @@ def _run(fn: Callable[[], Any]) -> Any:
         for line in str(exc).splitlines():  # a config with several problems: one line each
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:  # exit codes as shells report signals: 128 + the signal's number
+        name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+        typer.echo(f"stopped by {name}", err=True)
+        raise typer.Exit(code) from None
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM before (or outside) the training loop: stop like Ctrl-C, with its own exit code."""
+    raise Terminated()
 
 
 def _logging(quiet: bool) -> None:
@@ -52,7 +64,9 @@ def train(
     set_: list[str] | None = typer.Option(
         None, "--set", metavar="KEY=VALUE", help="Override a config key by dotted path (YAML value); repeatable."
     ),
-    out: Path | None = typer.Option(None, "--out", help="Run folder [default: checkpoints/<config name>]."),
+    out: str | None = typer.Option(
+        None, "--out", help="Run folder (empty, or this run's own) [default: checkpoints/<config name>]."
+    ),
     resume: str | None = typer.Option(
         None,
         "--resume",
@@ -67,6 +81,8 @@ def train(
     overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
 
     def work() -> dict[str, Any]:
+        if out is not None and not out.strip():
+            raise UserError("--out: the folder name is empty; give a folder, e.g. --out runs/try1")
         from .training import TrainingInterrupted
         from .training import train as run_train
 
@@ -79,13 +95,13 @@ def train(
                     "train",
                     str(config),
                     *(a for o in set_ or [] for a in ("--set", o)),
-                    *(["--out", str(out)] if out else []),
                     "--resume",
                     str(stop.checkpoint),
                 ]
             )
-            typer.echo(f"interrupted: wrote {stop.checkpoint}; resume with: {again}", err=True)
-            raise typer.Exit(130) from None
+            name = signal.Signals(stop.signum).name
+            typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; resume with: {again}", err=True)
+            raise typer.Exit(128 + stop.signum) from None
 
     metrics = _run(work)
     typer.echo(
@@ -161,6 +177,25 @@ def _bare_resume(args: list[str]) -> list[str]:
     return out
 
 
+def _usage_line(exc: Any) -> str:
+    """A command-line mistake (unknown option, bad value, missing argument) in the one-line style of the rest."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "mnistcli"
+    return f"error: {where}: {exc.format_message()} (see '{where} --help')"
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app(args=_bare_resume(sys.argv[1:]), prog_name="mnistcli")
+    """Console-script entry point: exit codes 0 ok, 1 unexpected failure, 2 bad input, 130 Ctrl-C, 143 SIGTERM."""
+    signal.signal(signal.SIGTERM, _terminate)  # from the first moment: imports and data loading stop cleanly too
+    try:
+        code = app(args=_bare_resume(sys.argv[1:]), prog_name="mnistcli", standalone_mode=False)
+    except ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `mnistcli`: the help (rich has printed it already)
+            if exc.format_message().strip():
+                typer.echo(exc.format_message())
+        else:
+            typer.echo(_usage_line(exc), err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt as exc:  # arrived while the arguments were parsed
+        code = 143 if isinstance(exc, Terminated) else 130
+    sys.exit(code if isinstance(code, int) else 0)

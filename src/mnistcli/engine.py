@@ -126,8 +126,10 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     desc: str = "eval",
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy and per-class accuracy in eval mode, without gradients."""
+    """Loss, accuracy and per-class accuracy in eval mode, without gradients; `stopped` when `stop` was set
+    part-way (the sums are then incomplete)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     hits = torch.zeros(num_classes, dtype=torch.int64, device=device)
@@ -138,6 +140,8 @@ def evaluate(
         loss_sum += loss_fn(out.float(), y).double() * len(y)
         totals += torch.bincount(y, minlength=num_classes)
         hits += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
+        if stop is not None and stop.is_set():
+            return {"stopped": True}
     n = int(totals.sum().item())
     if n == 0:
         return {"loss": math.nan, "accuracy": math.nan, "n": 0, "per_class": [math.nan] * num_classes}

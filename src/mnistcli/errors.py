@@ -38,3 +38,7 @@ def unknown_name(kind: str, name: str, allowed: Iterable[str], where: str = "") 
     allowed = sorted(allowed)
     prefix = f"{where}: " if where else ""
     return f"{prefix}unknown {kind} '{name}'{closest(name, allowed)}; allowed: {', '.join(allowed)}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop: unwinds like Ctrl-C (cleanup runs), exits 143 (128 + 15)."""

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler, Subset, default_collate
 
 from .config import Config
-from .datasets import DATASETS, check_same_classes, load_split
+from .datasets import DATASETS, Unreadable, check_same_classes, load_split, report_unreadable, warn_skipped
 from .errors import UserError
 from .inputspec import InputSpec
 from .pipeline import BatchTransform, SampleTransform
@@ -79,10 +79,19 @@ class DeviceBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Tensors]:
-        for x, y in self.loader:
+        reported: set[str] = self.__dict__.setdefault("reported", set())  # files warned about: once per run
+        skipped = read = 0
+        for x, y, *bad in self.loader:  # DataLoader batches also carry the files that failed to decode
+            if bad:
+                skipped += report_unreadable(bad[0], reported)  # here, in the main process: one line, no traceback
+            if not len(y):
+                continue  # no file of this batch could be decoded
+            read += len(y)
             x = x.to(self.device, non_blocking=True)  # non_blocking pays off with pinned memory on CUDA
             y = y.to(self.device, non_blocking=True)
             yield self.transform(x, self.generator), y
+        if skipped:
+            warn_skipped(skipped, read)
 
     def state(self) -> dict[str, torch.Tensor]:
         """RNG states that fix the data order and augmentation (for exact resume)."""
@@ -124,8 +133,22 @@ def _to_tensors(ds: Any, spec: InputSpec) -> Tensors:
         # IDX datasets hold their images as one tensor already at the stored shape: per-sample decoding
         # (what SampleTransform would do) leaves each one unchanged
         return data.unsqueeze(1), torch.as_tensor(ds.targets, dtype=torch.int64)
-    images, targets = zip(*(ds[i] for i in range(len(ds))))
-    return torch.stack(images), torch.as_tensor(targets, dtype=torch.int64)
+    images, targets, bad = collate_readable([ds[i] for i in range(len(ds))])
+    if report_unreadable(bad, set()):
+        warn_skipped(len(bad), len(targets))
+    if not len(targets):
+        raise UserError(f"{getattr(ds, 'root', 'the dataset')}: none of its {len(ds)} image files could be decoded")
+    return images, targets
+
+
+def collate_readable(samples: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor, list[Unreadable]]:
+    """Stack the samples that were read; pass on, with them, those whose file could not be decoded."""
+    bad = [image for image, _ in samples if isinstance(image, Unreadable)]
+    good = [sample for sample in samples if not isinstance(sample[0], Unreadable)]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), bad
+    images, targets = default_collate(good)
+    return images, targets, bad
 
 
 def _open(cfg: Config, spec: InputSpec, split: str, memory: bool) -> tuple[Any, list[str]]:
@@ -198,6 +221,7 @@ def make_batches(
             persistent_workers=cfg.data.persistent_workers and workers > 0,
             prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
             worker_init_fn=_init_worker,
+            collate_fn=collate_readable,
         )
     transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
     return DeviceBatches(loader, transform, device, cfg.seed)

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, load_config
 from .errors import UserError
-from .runs import newest_resumable, run_dir
+from .runs import BEST, LAST, newest_resumable, run_dir
 from .runstate import Run, unfreeze
 
 log = logging.getLogger(__name__)
@@ -117,21 +118,74 @@ def resume_state(run: Run, data: dict[str, torch.Tensor], partial: dict[str, Any
         "rows": run.rows,
         "best": run.best,
         "unfrozen": run.backbone_trains and run.cfg.train.unfreeze_at_epoch is not None,
+        "run_id": run.run_id,
     }
+
+
+def run_id_of(ckpt: dict[str, Any] | None) -> str | None:
+    """The id of the run a resumable checkpoint belongs to (None: no checkpoint, or one from before run ids)."""
+    state = (ckpt or {}).get("resume") or {}
+    return state.get("run_id") or None
+
+
+def check_training_state(ckpt: dict[str, Any]) -> None:
+    """Refuse, before any work, a checkpoint that holds weights only."""
+    if ckpt.get("resume") is None:
+        raise UserError(
+            "--resume: this checkpoint holds no training state (best.pt never does); use last.pt or interrupted.pt"
+        )
+
+
+def check_epochs_left(ckpt: dict[str, Any], cfg: Config) -> None:
+    """Refuse a resume of a run that has no epochs left to train."""
+    if ckpt["epoch"] >= cfg.train.epochs:
+        raise UserError(
+            f"--resume: the checkpoint already completed {ckpt['epoch']} of train.epochs "
+            f"{cfg.train.epochs}; raise it to train on, e.g. --set train.epochs={ckpt['epoch'] + 1}"
+        )
+
+
+def _epoch_end_best(ckpt: dict[str, Any]) -> int | None:
+    """The best epoch, when the checkpoint's weights are that epoch's (last.pt written at the best epoch)."""
+    state = ckpt.get("resume") or {}
+    best = (state.get("best") or {}).get("epoch")
+    return best if best and state.get("partial") is None and best == ckpt.get("epoch") else None
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch a checkpoint file holds, or None when it is missing or unreadable."""
+    try:
+        return load_checkpoint(path).get("epoch") if path.is_file() else None
+    except UserError:
+        return None
+
+
+def repair_best(out: Path, ckpt: dict[str, Any], source: Path) -> None:
+    """Rewrite a best.pt that a kill left missing or behind, from the checkpoint that records the best epoch."""
+    best = ((ckpt.get("resume") or {}).get("best") or {}).get("epoch")
+    have = _epoch_of(out / BEST)
+    if not best or have == best:
+        return
+    for path in dict.fromkeys([source, source.parent / LAST]):  # interrupted.pt's weights are mid-epoch
+        found = ckpt if path == source else (load_checkpoint(path) if path.is_file() else {})
+        if _epoch_end_best(found) == best:
+            weights = {k: v for k, v in found.items() if k not in ("resume", "format", "format_version")}
+            save_checkpoint(weights, out / BEST)
+            log.warning("%s was %s: rewritten from %s (epoch %d)", out / BEST, _state(have), path, best)
+            return
+    log.warning("%s is %s and the weights of epoch %d are in no checkpoint here", out / BEST, _state(have), best)
+
+
+def _state(epoch: int | None) -> str:
+    """How a best.pt stands, for a log line."""
+    return "missing" if epoch is None else f"from epoch {epoch}"
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
     """Put a run back where a checkpoint left it: weights, optimizer, schedule, RNGs, data order, history."""
-    state = ckpt.get("resume")
-    if state is None:
-        raise UserError(
-            "--resume: this checkpoint holds no training state (best.pt never does); use last.pt or interrupted.pt"
-        )
-    if ckpt["epoch"] >= run.cfg.train.epochs:
-        raise UserError(
-            f"--resume: the checkpoint already completed {ckpt['epoch']} of train.epochs "
-            f"{run.cfg.train.epochs}; raise it to train on, e.g. --set train.epochs={ckpt['epoch'] + 1}"
-        )
+    check_training_state(ckpt)
+    check_epochs_left(ckpt, run.cfg)
+    state = ckpt["resume"]
     if state["unfrozen"]:
         unfreeze(run)
     run.model.load_state_dict(ckpt["state_dict"])

@@ -43,6 +43,7 @@ class Run:
     partial: dict[str, Any] | None = None  # sums of an epoch interrupted part-way
     versions: dict[str, Any] = field(default_factory=dict)  # software, commit and device, for every checkpoint
     step_model: nn.Module | None = None  # what the loop calls: the model, or its torch.compile wrapper
+    run_id: str = ""  # identifies the run across resumes: the run folder's owner
 
     @property
     def family(self) -> ModelFamily:

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,30 @@ from .engine import evaluate, show_progress, train_one_epoch
 from .families import MODELS
 from .inputspec import input_spec
 from .loaders import make_batches, open_splits
-from .resume import check_resume, restore, resume_path, resume_state
-from .runs import BEST, INTERRUPTED, LAST, append_metrics, prepare_out_dir, start_metrics, write_config
+from .probe import check_fits, probe_model
+from .resume import (
+    check_epochs_left,
+    check_resume,
+    check_training_state,
+    repair_best,
+    restore,
+    resume_path,
+    resume_state,
+    run_id_of,
+)
+from .runs import (
+    BEST,
+    INTERRUPTED,
+    LAST,
+    append_metrics,
+    check_out_dir,
+    locked,
+    make_out_dir,
+    run_dir,
+    start_metrics,
+    start_run_dir,
+    write_config,
+)
 from .runstate import Run, build_run_model, new_run, unfreeze
 from .runtime import fast_math, keep_freed_memory, resolve_device, run_versions, seed_everything
 
@@ -28,9 +51,9 @@ log = logging.getLogger(__name__)
 class TrainingInterrupted(Exception):
     """Raised after SIGINT/SIGTERM once the current step is done and `checkpoint` is written."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(f"interrupted: wrote {checkpoint}")
-        self.checkpoint = checkpoint
+        self.checkpoint, self.signum = checkpoint, signum
 
 
 def train(
@@ -48,20 +71,44 @@ def train(
 
 
 def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -> dict[str, Any]:
-    """Run a valid config: train, validate every epoch, write best.pt, last.pt, config.yaml, metrics.csv."""
-    ckpt = load_checkpoint(resume_path(cfg, resume)) if resume is not None else None
-    out = prepare_out_dir(cfg, resuming=ckpt is not None)
+    """Run a valid config: train, validate every epoch, write best.pt, last.pt, config.yaml, metrics.csv.
+
+    The run folder is locked for the whole run and written only when it is empty, this run's own (a resume), or
+    output.overwrite is set. A resume continues in its checkpoint's folder unless output.dir names another."""
+    source = resume_path(cfg, resume) if resume is not None else None
+    ckpt = load_checkpoint(source) if source is not None else None
+    if ckpt is not None:
+        check_training_state(ckpt)
+    if source is not None and cfg.output.dir is None and source.parent.resolve() != run_dir(cfg).resolve():
+        cfg.output.dir = str(source.parent)
+    out = run_dir(cfg)
+    make_out_dir(out)
+    with locked(out):
+        replace = check_out_dir(out, run_id_of(ckpt), source, cfg.output.overwrite)
+        run_id = run_id_of(ckpt) or uuid.uuid4().hex
+        start_run_dir(out, run_id, replace)
+        if ckpt is not None and source is not None:
+            repair_best(out, ckpt, source)
+            check_epochs_left(ckpt, cfg)
+        return _fit(cfg, out, run_id, ckpt, progress)
+
+
+def _fit(cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+    """Build the run (data, model, optimizer; restored from `ckpt` when resuming) and train it."""
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.seed, cfg.train.deterministic)
     fast_math(device, cfg.train.deterministic)
     keep_freed_memory()
     family = MODELS[cfg.model.name]
+    spec = input_spec(cfg)
+    # the architecture and its memory, checked on the meta device before any data is read (2 classes: a lower bound)
+    in_shape = (spec.channels, *spec.size)
+    check_fits(probe_model(family.spec(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size), device)
     weights = None
     if family.transfer and cfg.model.pretrained and ckpt is None:  # before the data: a missing file fails fast
         from .backbones import fetch_pretrained
 
         weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
-    spec = input_spec(cfg)
     cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
     splits, classes = open_splits(cfg, spec, ["train", "val"])
     batches = tuple(make_batches(splits[s], cfg, spec, device, train=s == "train", channels_last=cl) for s in splits)
@@ -71,35 +118,38 @@ def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -
             log.info("resuming with %s changed: %r -> %r", key, old, new)
     model = build_run_model(cfg, arch, device, cl, weights)
     run = new_run(cfg, out, device, spec, arch, classes, model, batches)
-    run.versions = run_versions(device)
+    run.versions, run.run_id = run_versions(device), run_id
     if ckpt is not None:
         restore(run, ckpt)
     write_config(out, cfg)
-    with _stop_on_signals(run.setup.stop):
+    with _stop_on_signals(run.setup.stop) as received:
         n_train, n_val = (b.dataset_size for b in batches)
         log.info(
             "%s: %s on %s, %d train / %d val images, %d classes -> %s",
             *(cfg.name, cfg.model.name, device, n_train, n_val, len(classes), out),
         )
-        return _loop(run, progress)
+        return _loop(run, progress, received)
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second Ctrl-C stops at once."""
+def _stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (the signals received are yielded); a second
+    one stops at once."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
+        received.append(signum)
         stop.set()
         log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -117,8 +167,8 @@ def _checkpoint(run: Run, epoch: int, resume: dict[str, Any] | None) -> dict[str
     )
 
 
-def _loop(run: Run, progress: bool) -> dict[str, Any]:
-    """The epochs: train, validate, log, checkpoint; an interruption writes interrupted.pt and raises."""
+def _loop(run: Run, progress: bool, received: list[int]) -> dict[str, Any]:
+    """The epochs: train, validate, log, checkpoint; a stop (in training or validation) writes interrupted.pt."""
     cfg = run.cfg
     start_metrics(run.out, run.rows, run.versions)
     for epoch in range(run.epoch + 1, cfg.train.epochs + 1):
@@ -126,23 +176,15 @@ def _loop(run: Run, progress: bool) -> dict[str, Any]:
             unfreeze(run)
         start, order_before = time.perf_counter(), run.train_batches.state()
         lr = run.setup.optimizer.param_groups[0]["lr"]
+        lr = run.partial.get("lr", lr) if run.partial else lr  # a resumed epoch logs the lr it started with
         tr = train_one_epoch(run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial)
         run.partial = None
-        if tr["stopped"]:
+        va = None if tr["stopped"] else _validate(run, epoch, progress)
+        if va is None:  # stopped: resumable from here (after a whole epoch of training, it only re-validates)
             data = {"order": order_before["order"], "augment": run.train_batches.state()["augment"]}
             path = run.out / INTERRUPTED
-            save_checkpoint(_checkpoint(run, epoch - 1, resume_state(run, data, tr["partial"])), path)
-            raise TrainingInterrupted(path)
-        va = evaluate(
-            run.step_model,
-            run.val_batches,
-            run.setup.loss_fn,
-            run.device,
-            len(run.classes),
-            run.setup.amp_dtype,
-            progress,
-            f"epoch {epoch} val",
-        )
+            save_checkpoint(_checkpoint(run, epoch - 1, resume_state(run, data, {**tr["partial"], "lr": lr})), path)
+            raise TrainingInterrupted(path, received[0] if received else signal.SIGINT)
         run.schedule.step_epoch()
         row = {
             "epoch": epoch,
@@ -155,7 +197,25 @@ def _loop(run: Run, progress: bool) -> dict[str, Any]:
         }
         _end_epoch(run, row, va["per_class"])
     (run.out / INTERRUPTED).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    if run.setup.stop.is_set():
+        log.warning("the stop came as the last epoch ended: the run is complete")
     return _summary(run)
+
+
+def _validate(run: Run, epoch: int, progress: bool) -> dict[str, Any] | None:
+    """Validate after an epoch; None when a stop was asked for part-way (the partial result is dropped)."""
+    va = evaluate(
+        run.step_model,
+        run.val_batches,
+        run.setup.loss_fn,
+        run.device,
+        len(run.classes),
+        run.setup.amp_dtype,
+        progress,
+        f"epoch {epoch} val",
+        stop=run.setup.stop,
+    )
+    return None if va.get("stopped") else va
 
 
 def _summary(run: Run) -> dict[str, Any]:
@@ -181,13 +241,15 @@ def _end_epoch(run: Run, row: dict[str, Any], per_class: list[float]) -> None:
     """Record an epoch: metrics.csv row, last.pt, best.pt when validation improved, a summary line."""
     run.epoch = row["epoch"]
     run.rows.append(row)
-    append_metrics(run.out, row, run.versions)
     is_best = row["val_acc"] > run.best["val_acc"]
     if is_best:
         run.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "per_class": per_class}
+    # last.pt first: it records which epoch best.pt holds, so a kill before best.pt is written leaves what a
+    # resume needs to rewrite it (resume.repair_best); the metrics row and the log line follow the files.
     save_checkpoint(_checkpoint(run, run.epoch, resume_state(run, run.train_batches.state(), None)), run.out / LAST)
     if is_best:  # best.pt is for eval and predict: weights and metadata only
         save_checkpoint(_checkpoint(run, run.epoch, None), run.out / BEST)
+    append_metrics(run.out, row, run.versions)
     log.info(
         "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs%s",
         *(row["epoch"], run.cfg.train.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"]),

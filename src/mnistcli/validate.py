@@ -5,6 +5,9 @@ Torch-free: every registry here is a torch-free declaration.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .datasets import DATASETS
@@ -49,12 +52,32 @@ FOREIGN_KEYS = {
     "dataset": "use the 'data' section",
 }
 
+# px: one 3-channel float32 input of this side is 192 MiB, so a batch of 8 needs 1.5 GiB before the first layer;
+# a larger side is a slip (a pixel count, an extra digit) rather than an experiment.
+MAX_SIDE = 4096
+
+
+def _plain_name(name: str) -> bool:
+    """One path component: the run folder is checkpoints/<name>, so '..', a '/' or an absolute name would leave it."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def _widths(widths: list[int]) -> bool:
+    """Every layer width is at least 1 (torch builds a 0-wide Linear that passes nothing on)."""
+    return all(w >= 1 for w in widths)
+
+
 # Range checks run after type checks: dotted key -> (test, what is allowed).
 RANGES: dict[str, tuple[Any, str]] = {
+    "name": (
+        _plain_name,
+        "a plain folder name (no '/', '\\' or NUL; not empty, '.' or '..'): runs go to checkpoints/<name>",
+    ),
+    "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "data.val_split": (lambda v: v > 0 and (isinstance(v, int) or v < 1), "a fraction in (0, 1) or a count >= 1"),
-    "data.image_size": (lambda v: v >= 8, "an integer >= 8"),
+    "data.image_size": (lambda v: 8 <= v <= MAX_SIDE, f"an integer in [8, {MAX_SIDE}]"),
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
     "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
     "data.prefetch_factor": (lambda v: v >= 1, "an integer >= 1"),
@@ -63,12 +86,22 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.std": (lambda v: len(v) >= 1 and min(v) > 0, "a non-empty list of numbers > 0"),
     "data.augment.scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max"),
     "data.augment.resized_crop": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max"),
+    "data.augment.rotation": (lambda v: 0 <= v <= 180, "degrees in [0, 180] (angles are drawn from [-v, v])"),
+    "data.augment.translate": (lambda v: 0 <= v < 1, "a fraction of the side in [0, 1)"),
+    "data.augment.shear": (lambda v: 0 <= v < 90, "degrees in [0, 90) (angles are drawn from [-v, v])"),
     "data.fake_size": (lambda v: v >= 4, "an integer >= 4"),
     "data.fake_classes": (lambda v: v >= 2, "an integer >= 2"),
     "data.fake_shape": (
-        lambda v: len(v) == 3 and v[0] in (1, 3) and min(v[1:]) >= 8,
-        "[1 or 3, height >= 8, width >= 8]",
+        lambda v: len(v) == 3 and v[0] in (1, 3) and 8 <= min(v[1:]) and max(v[1:]) <= MAX_SIDE,
+        f"[1 or 3, height, width] with sides in [8, {MAX_SIDE}]",
     ),
+    "model.hidden": (_widths, "a list of integers >= 1"),
+    "model.channels": (
+        lambda v: len(v) >= 1 and _widths(v),
+        "a non-empty list of integers >= 1 (a cnn without conv layers is an mlp: use model.name mlp)",
+    ),
+    "model.head.hidden": (_widths, "a list of integers >= 1"),
+    "model.padding": (lambda v: v >= 0, "an integer >= 0"),
     "model.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "model.conv_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "model.head.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -79,13 +112,32 @@ RANGES: dict[str, tuple[Any, str]] = {
     "optimizer.backbone_lr": (lambda v: v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "[beta1, beta2], each in [0, 1)"),
+    "scheduler.min_lr": (lambda v: v >= 0, "a number >= 0"),
     "scheduler.step_size": (lambda v: v >= 1, "an integer >= 1"),
     "scheduler.gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "scheduler.pct_start": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.grad_clip": (lambda v: v > 0, "a number > 0"),
     "train.unfreeze_at_epoch": (lambda v: v >= 1, "an integer >= 1"),
+    "output.dir": (lambda v: v.strip() != "", "a folder path (leave it unset for checkpoints/<name>)"),
 }
+# Rules that came after runs had trained with such values: a checkpoint's own config is not refused for them
+# (eval and resume rebuild the network from its stored architecture and never write to checkpoints/<name>).
+NEW_RUNS_ONLY = frozenset(
+    {
+        "name",
+        "seed",
+        "output.dir",
+        "model.hidden",
+        "model.channels",
+        "model.head.hidden",
+        "scheduler.min_lr",
+        "data.augment.rotation",
+        "data.augment.translate",
+        "data.augment.shear",
+    }
+)
 
 
 def get_value(cfg: Any, dotted: str) -> Any:
@@ -133,11 +185,16 @@ def _names(cfg: Config) -> Problems:
     return problems
 
 
-def _ranges(cfg: Config, unused: dict[str, str]) -> Problems:
+def _is_unused(dotted: str, unused: dict[str, str]) -> bool:
+    """Whether the chosen entries do not read a key, or the section it is in."""
+    return any(dotted == key or dotted.startswith(f"{key}.") for key in unused)
+
+
+def _ranges(cfg: Config, unused: dict[str, str], stored: bool) -> Problems:
     """Values of the right type but outside what makes sense (keys the chosen entries do not read are not checked)."""
     problems = []
     for dotted, (test, allowed) in RANGES.items():
-        if dotted in unused:
+        if _is_unused(dotted, unused) or (stored and dotted in NEW_RUNS_ONLY):
             continue
         value = get_value(cfg, dotted)
         if value is not None and not test(value):
@@ -172,8 +229,54 @@ def _combinations(cfg: Config) -> Problems:
     return problems
 
 
-def check(cfg: Config, present: set[str]) -> Problems:
-    """Every problem of a well-typed config; `present` are the dotted keys the user wrote (unused ones are errors)."""
+def _leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for every key of a config object, sections expanded."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+def _new_run(cfg: Config, unused: dict[str, str], reported: set[str]) -> Problems:
+    """Values no key may hold in a new run: NaN or infinite numbers, NUL in text."""
+    problems = []
+    for dotted, value in _leaves(cfg):
+        if dotted in reported or _is_unused(dotted, unused):
+            continue
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            problems.append((dotted, f"'{dotted}' must be a finite number, got {value!r}"))
+        elif any(isinstance(v, str) and "\0" in v for v in items):
+            problems.append((dotted, f"'{dotted}' must not contain a NUL character, got {value!r}"))
+    return problems
+
+
+def _rising_cosine(cfg: Config, unused: dict[str, str], reported: set[str]) -> Problems:
+    """A cosine schedule ends at scheduler.min_lr: above a group's starting rate it would raise that rate."""
+    rates = {"optimizer.lr": cfg.optimizer.lr}
+    if cfg.optimizer.backbone_lr is not None and not _is_unused("optimizer.backbone_lr", unused):
+        rates["optimizer.backbone_lr"] = cfg.optimizer.backbone_lr
+    key, rate = min(rates.items(), key=lambda item: item[1])
+    min_lr = cfg.scheduler.min_lr
+    if cfg.scheduler.name != "cosine" or reported & {"scheduler.min_lr", *rates} or not min_lr > rate:
+        return []
+    message = (
+        f"scheduler.min_lr {min_lr} is above {key} {rate}: the cosine schedule would raise the learning rate "
+        f"instead of lowering it; set scheduler.min_lr below {key}"
+    )
+    return [("scheduler.min_lr", message)]
+
+
+def check(cfg: Config, present: set[str], stored: bool = False) -> Problems:
+    """Every problem of a well-typed config; `present` are the dotted keys the user wrote (unused ones are errors).
+
+    `stored`: a config a run was trained with, checked only by the rules that also held when it was saved."""
     unused = unused_keys(cfg)
     problems = [(k, f"unused key '{k}': {unused[k]}") for k in sorted(present) if k in unused]
-    return problems + _names(cfg) + _ranges(cfg, unused) + _combinations(cfg)
+    problems += _names(cfg) + _ranges(cfg, unused, stored) + _combinations(cfg)
+    if not stored:
+        reported = {key for key, _ in problems}
+        problems += _new_run(cfg, unused, reported) + _rising_cosine(cfg, unused, reported)
+    return problems

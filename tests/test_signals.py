@@ -1,0 +1,100 @@
+"""Stops the way real machines send them: SIGTERM to the whole process group (batch schedulers, service managers)
+with DataLoader workers running, SIGTERM during start-up, Ctrl-C during validation."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from mnistcli.training import train
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+WORKERS = {
+    "seed": 2,
+    "data": {
+        "name": "fake",
+        "fake_size": 6000,
+        "val_split": 100,
+        "batch_size": 16,
+        "loader": "torch",
+        "num_workers": 2,
+        "augment": {"rotation": 10},
+    },
+    "model": {"name": "cnn", "channels": [4, 8], "hidden": [16]},
+    "train": {"epochs": 2},
+}
+
+
+def start(cfg: Path, out: Path) -> subprocess.Popen[str]:
+    """A training process in its own process group, as a scheduler's job step is."""
+    cmd = [sys.executable, "-m", "mnistcli", "train", str(cfg), "--out", str(out)]
+    return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+
+
+def test_group_sigterm_with_dataloader_workers_always_leaves_a_resumable_checkpoint(tmp_path: Path) -> None:
+    """10 of 10: SIGTERM to the process group (main process and its workers) writes interrupted.pt, exits 143."""
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(WORKERS))
+    for batch in range(2):  # five at a time: each waits for its first log line, then works with its workers
+        procs = [start(cfg, tmp_path / f"run{batch}{i}") for i in range(5)]
+        for proc in procs:
+            assert proc.stderr is not None and "->" in proc.stderr.readline()  # the loop is starting
+        time.sleep(1.5)  # workers are up and batches flow
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for i, proc in enumerate(procs):
+            err = proc.stderr.read() if proc.stderr else ""
+            assert proc.wait(timeout=60) == 143, err
+            assert "Traceback" not in err and "stopped by SIGTERM: wrote" in err, err
+            ckpt = torch.load(tmp_path / f"run{batch}{i}" / "interrupted.pt", weights_only=True)
+            assert ckpt["resume"]["partial"]["batches"] >= 1
+
+
+def test_sigterm_during_start_up_is_one_line_and_exit_143(tmp_path: Path) -> None:
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(WORKERS))
+    proc = start(cfg, tmp_path / "run")
+    time.sleep(0.3)  # importing torch
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.wait(timeout=30) == 143, err
+    assert err.strip().splitlines()[-1] == "stopped by SIGTERM" and "Traceback" not in err
+
+
+def test_ctrl_c_during_validation_stops_promptly_and_resumes_exactly(tmp_path: Path) -> None:
+    """One short training step, then a long validation: SIGINT in it abandons it, keeps the epoch's training."""
+    cfg = {
+        "name": "exp",
+        "seed": 4,
+        "data": {"name": "fake", "fake_size": 3016, "val_split": 3000, "batch_size": 16, "eval_batch_size": 1},
+        "model": {"name": "cnn", "channels": [8, 16], "hidden": [32]},
+        "train": {"epochs": 1},
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    straight = train(cfg, out=tmp_path / "straight")
+    proc = start(tmp_path / "exp.yaml", tmp_path / "run")
+    assert proc.stderr is not None and "->" in proc.stderr.readline()
+    time.sleep(1.0)  # the single training step is long done; validation has 3000 batches to go
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err
+    assert time.monotonic() - sent < 5 and "Traceback" not in err
+    ckpt = torch.load(tmp_path / "run" / "interrupted.pt", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["resume"]["partial"]["batches"] == 1  # the whole epoch's training
+    assert not (tmp_path / "run" / "last.pt").exists()
+    resumed = train(cfg, out=tmp_path / "run", resume="last")
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert drop_time(resumed["epochs"]) == drop_time(straight["epochs"])
+    a = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))) == 1
