@@ -51,7 +51,7 @@ def test_show_input_saves_what_the_network_saw(ckpt: Path, tmp_path: Path) -> No
     Image.new("RGB", (90, 50), (250, 250, 250)).save(img)
     result = runner.invoke(app, ["predict", str(img), "--ckpt", str(ckpt), "--show-input", str(tmp_path / "seen")])
     assert result.exit_code == 0, result.output
-    seen = Image.open(tmp_path / "seen" / "big.png")
+    seen = Image.open(tmp_path / "seen" / "big.input.png")
     assert seen.size == (28, 28)
 
 

@@ -160,7 +160,10 @@ def predict(
             typer.echo(json.dumps(res))
         else:
             top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in res["topk"])
-            typer.echo(f"{res['path']}: {res['label']} (index {res['index']}, p={res['probability']:.3f})  top: {top}")
+            seen = f"  input: {res['input_png']}" if "input_png" in res else ""
+            typer.echo(
+                f"{res['path']}: {res['label']} (index {res['index']}, p={res['probability']:.3f})  top: {top}{seen}"
+            )
     failed = sum("error" in r for r in results)
     if failed:
         typer.echo(f"error: {failed} of {len(results)} image(s) could not be predicted", err=True)

@@ -28,7 +28,7 @@ def evaluate_checkpoint(
 
     if split not in SPLITS:
         raise UserError(f"--split '{split}' is not a split; allowed: {', '.join(SPLITS)}")
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     model, info = load_model(ckpt_path, dev)
     cfg = load_config(info["config"], stored=True)
     if data_root is not None:

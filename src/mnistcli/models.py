@@ -101,8 +101,12 @@ class CNN(nn.Module):
                 layers.append(nn.Dropout2d(conv_dropout))
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():  # infer the flattened size from a dummy input of the dataset's shape
+        # infer the flattened size from a dummy input of the dataset's shape, in eval mode: batch norm must not
+        # count it in its running statistics (nor refuse a 1x1 map in a batch of one)
+        self.features.eval()
+        with torch.no_grad():
             n_flat = self.features(torch.zeros(1, *in_shape)).numel()
+        self.features.train()
         self.classifier = nn.Sequential(
             nn.Flatten(), *dense_layers(n_flat, hidden, num_classes, activation, dropout, log_softmax)
         )

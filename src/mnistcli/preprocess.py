@@ -6,6 +6,8 @@ Imports only PIL, numpy and torch: torchvision costs seconds to import and predi
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +26,44 @@ MIN_CONTRAST = 16  # gray levels between paper and the strongest ink; less than 
 MIN_STROKE = 2.0  # px: thinner strokes in the 20x20 box are thickened (MNIST strokes are ~2-4 px wide)
 MAX_SIDE = 2048  # larger photos are shrunk first: detail beyond this is lost at 20 px anyway, memory is not
 BILINEAR = Image.Resampling.BILINEAR  # PIL's resize antialiases when downscaling (filter support grows with scale)
+# PIL modes `convert` turns into 'L' and 'RGB'; open_image turns LAB into RGB first
+READABLE_MODES = frozenset(
+    ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV", "LA", "La", "PA", "I", "F")
+    + ("I;16", "I;16L", "I;16B", "I;16N")
+)
+UNSUPPORTED_MODE = "unsupported image mode '{}'; save it as an RGB or grayscale PNG/JPEG"
+FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_regular_file(path: str | Path) -> None:
+    """Only regular files (symlinks followed) are read: a FIFO or a device would block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise UserError(f"{path}: not found") from None
+    except PermissionError:
+        raise UserError(f"{path}: cannot read (permission denied)") from None
+    except OSError as exc:  # a symlink loop, a name too long...
+        raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "a special file")
+        raise UserError(f"{path}: not a regular file ({kind}); give an image file")
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image (EXIF rotation applied); any failure is a one-line UserError."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{path}: not found")
-    if p.is_dir():
-        raise UserError(f"{path}: is a directory, not an image file")
+    """Open and fully decode an image (EXIF rotation applied); any failure is a one-line UserError naming the file."""
+    _check_regular_file(path)
     try:
-        with Image.open(p) as img:
+        with Image.open(Path(path)) as img:
             img.load()  # decode now, so truncated files fail here rather than mid-batch
-            return ImageOps.exif_transpose(img)  # a copy, upright as image viewers show it
+            upright = ImageOps.exif_transpose(img)  # a copy, upright as image viewers show it
     except PermissionError:
         raise UserError(f"{path}: cannot read (permission denied)") from None
     except UnidentifiedImageError:
@@ -46,6 +73,14 @@ def open_image(path: str | Path) -> Image.Image:
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise UserError(f"{path}: not an image file or corrupt ({reason})") from None
+    if upright.mode == "LAB":  # e.g. a TIFF scan: PIL converts LAB only to RGB (via LittleCMS, in recent Pillow)
+        try:
+            upright = upright.convert("RGB")
+        except Exception:  # ValueError on older Pillow, ImportError without LittleCMS: refused just below
+            pass
+    if upright.mode not in READABLE_MODES:  # refused here, where the file's name is known
+        raise UserError(f"{path}: {UNSUPPORTED_MODE.format(upright.mode)}")
+    return upright
 
 
 def canvas_of(spec: InputSpec) -> Canvas | None:
@@ -78,6 +113,8 @@ def _wide_to_l(img: Image.Image) -> Image.Image:
 def convert(img: Image.Image, channels: int) -> Image.Image:
     """'L' for 1 channel, 'RGB' for 3; transparency is composited onto white (drawings on transparent PNGs)."""
     target = "L" if channels == 1 else "RGB"
+    if img.mode == "La":  # premultiplied alpha: PIL converts it to nothing but 'LA'
+        img = img.convert("LA")
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         img = _wide_to_l(img)
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
@@ -86,8 +123,8 @@ def convert(img: Image.Image, channels: int) -> Image.Image:
         img = Image.alpha_composite(white, rgba)
     try:
         return img.convert(target)
-    except ValueError:  # modes PIL cannot convert (e.g. LAB TIFFs)
-        raise UserError(f"unsupported image mode '{img.mode}'; save it as an RGB or grayscale PNG/JPEG") from None
+    except ValueError:  # modes PIL cannot convert (e.g. LAB to 'L'); open_image refuses them with the file's name
+        raise UserError(UNSUPPORTED_MODE.format(img.mode)) from None
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
@@ -224,8 +261,14 @@ def prepare_pixels(img: Image.Image, spec: InputSpec, mode: str) -> torch.Tensor
 
 
 def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:
-    """Write a uint8 (C, H, W) tensor as a PNG ('L' for 1 channel, 'RGB' for 3)."""
+    """Write a uint8 (C, H, W) tensor as a new PNG ('L' for 1 channel, 'RGB' for 3); FileExistsError if path exists."""
     arr = pixels.detach().cpu().to(torch.uint8).permute(1, 2, 0).numpy()
     img = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))  # uint8 -> L / RGB
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
+    file = open(path, "xb")  # exclusive creation: an existing file, even one appearing meanwhile, is never replaced
+    try:
+        with file:
+            img.save(file, format="PNG")
+    except BaseException:
+        Path(path).unlink(missing_ok=True)  # the half-written file is the one created just above
+        raise

@@ -14,8 +14,8 @@ import torch
 from .errors import UserError
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; a named device that is missing is a clear error."""
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; a named device that is missing is an error naming `option`."""
     mps = getattr(torch.backends, "mps", None)
     has_mps = bool(mps and mps.is_available())
     if name == "auto":
@@ -23,19 +23,19 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"train.device '{name}' is not a device name; allowed: auto, cpu, cuda, cuda:N, mps") from None
+        raise UserError(f"{option} '{name}' is not a device name; allowed: auto, cpu, cuda, cuda:N, mps") from None
     here = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if has_mps else [])
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0 or (device.index or 0) >= count:
             raise UserError(
-                f"train.device '{name}' is not available on this machine ({count} CUDA device(s)); "
+                f"{option} '{name}' is not available on this machine ({count} CUDA device(s)); "
                 f"available: {', '.join(here)}"
             )
     elif device.type == "mps" and not has_mps:
-        raise UserError(f"train.device 'mps' is not available on this machine; available: {', '.join(here)}")
+        raise UserError(f"{option} 'mps' is not available on this machine; available: {', '.join(here)}")
     elif device.type != "cpu":
-        raise UserError(f"train.device '{name}' is not supported; allowed: auto, cpu, cuda, cuda:N, mps")
+        raise UserError(f"{option} '{name}' is not supported; allowed: auto, cpu, cuda, cuda:N, mps")
     return device
 
 
