@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -62,7 +63,7 @@ def test_sigterm_during_start_up_is_one_line_and_exit_143(tmp_path: Path) -> Non
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(WORKERS))
     proc = start(cfg, tmp_path / "run")
-    time.sleep(0.3)  # importing torch
+    time.sleep(1.0)  # importing torch (seconds): the SIGTERM handler is in place, training is not
     os.killpg(proc.pid, signal.SIGTERM)
     err = proc.stderr.read() if proc.stderr else ""
     assert proc.wait(timeout=30) == 143, err
@@ -98,3 +99,32 @@ def test_ctrl_c_during_validation_stops_promptly_and_resumes_exactly(tmp_path: P
     b = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds worker processes through Linux /proc")
+def test_python_api_stopped_with_workers_alive_still_exits(tmp_path: Path) -> None:
+    """Workers ignore SIGTERM; when an uncaught exception keeps a run's loaders alive until interpreter exit,
+    the exit must not wait on them forever."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, mnistcli\n"
+        f"cfg = {WORKERS!r}\n"
+        f"mnistcli.train(cfg, out={str(tmp_path / 'run')!r})\n"  # SIGINT: raises TrainingInterrupted, uncaught
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 60
+    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:  # the two workers are running
+        time.sleep(0.2)
+    assert len(children(proc.pid)) >= 2
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.wait(timeout=60) == 1, err
+    assert "TrainingInterrupted" in err and "killed by signal" not in err
+
+
+def children(pid: int) -> list[str]:
+    """Child process ids (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
