@@ -13,10 +13,11 @@ import pytest
 import torch
 import yaml
 
-from mnistcli.config import load_config, safe_yaml
+from mnistcli.config import load_config
 from mnistcli.errors import ConfigError, UserError
 from mnistcli.families import BACKBONES, arch_spec, build_model
 from mnistcli.probe import ModelSize, check_fits, probe_model
+from mnistcli.yamlfile import safe_yaml
 
 REPLACES = "(the second would silently replace the first)"
 
@@ -229,10 +230,10 @@ def test_more_pooling_stages_than_the_input_allows() -> None:
         "model: does not fit a 1x28x28 input: layer features.13 (MaxPool2d) gets a 1x1 feature map, too small for "
         f"its 2x2 window; {shrink}"
     )
-    normed = arch({"channels": [8] * 6})  # batch norm meets the 1x1 map first, in the network's one-image sizing
+    normed = arch({"channels": [8] * 6})  # batch norm sizes in eval mode: the pooling after it is what fails
     assert probe_refusal(normed, (1, 28, 28), 16) == (
-        "model: does not fit a 1x28x28 input: layer features.17 (BatchNorm2d) gets a 1x1 feature map, too small to "
-        f"size the network on one image; {shrink}"
+        "model: does not fit a 1x28x28 input: layer features.18 (MaxPool2d) gets a 1x1 feature map, too small for "
+        f"its 2x2 window; {shrink}"
     )
 
 

@@ -1,4 +1,5 @@
-"""Image folders with faults: symlink loops, duplicate files, FIFOs, and PNGs that verify but do not decode."""
+"""Image folders with faults: symlink loops, duplicate files, FIFOs, non-image files, and PNGs that verify but do not
+decode."""
 
 from __future__ import annotations
 
@@ -134,6 +135,31 @@ def test_a_fifo_in_a_class_folder_does_not_block_the_scan(folders: Path) -> None
         f"{fifo}: not a readable image (not a regular file); set data.on_bad_file: skip to skip such files",
     ]
     assert f"skipped {fifo}: not a readable image (not a regular file)" in proc.stderr.splitlines()
+
+
+def test_files_without_an_image_extension_are_ignored_even_under_on_bad_file_error(folders: Path) -> None:
+    train = folders / "train"
+    (train / "a" / "notes.txt").write_text("photos from the lab, March\n")
+    (train / "b" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    path = folders / "exp.yaml"
+    path.write_text(yaml.safe_dump(config(data_section(train, folders / "val", on_bad_file="error"))))
+    proc = mnistcli_run("train", path, "--out", folders / "run")
+    assert proc.returncode == 0, proc.stderr
+    assert error_lines(proc.stderr) == [] and "skipped" not in proc.stderr
+    ignored = f"{train / 'a' / 'notes.txt'}; {train / 'b' / '.DS_Store'}"
+    assert f"data.train_dir: ignored 2 file(s) without an image extension: {ignored}" in proc.stderr.splitlines()
+    assert (folders / "run" / "best.pt").is_file()
+
+
+def test_files_without_an_image_extension_raise_no_warning_when_skipping(
+    folders: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (folders / "train" / "a" / "README.txt").write_text("class a\n")
+    cfg = load_config(config(data_section(folders / "train", folders / "val")))
+    with caplog.at_level(logging.INFO, logger="mnistcli"):
+        splits, _ = open_splits(cfg, input_spec(cfg), ["train"])
+    assert len(splits["train"]) == 12
+    assert [r.levelname for r in caplog.records if "README.txt" in r.getMessage()] == ["INFO"]
 
 
 def test_training_skips_a_png_that_fails_to_decode(folders: Path) -> None:

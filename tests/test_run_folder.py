@@ -177,15 +177,20 @@ def test_a_second_run_into_a_locked_folder_names_the_holder(tmp_path: Path) -> N
 
 def test_kills_at_random_moments_leave_a_folder_a_resume_makes_whole(tmp_path: Path) -> None:
     """kill -9 during runs of many short epochs (checkpoint writes every ~0.1 s), then resume to the end."""
-    epochs = 60
+    epochs = 300
     cfg = write_config(tmp_path, {**BASE, "data": {**BASE["data"], "fake_size": 400}, "train": {"epochs": epochs}})
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mnistcli", "train", str(cfg), "--out", str(out), "--quiet"]
     rng = random.Random(0)
     kills = 0
     for _ in range(3):
-        proc = subprocess.Popen(cmd + (["--resume"] if (out / "last.pt").exists() else []), env=ENV)
-        time.sleep(3.5 + rng.random() * 1.5)  # past start-up (~3 s), into the epochs
+        before = (out / "last.pt").stat().st_mtime_ns if (out / "last.pt").exists() else 0
+        proc = subprocess.Popen(cmd + (["--resume"] if before else []), env=ENV)
+        while proc.poll() is None and (
+            not (out / "last.pt").exists() or (out / "last.pt").stat().st_mtime_ns == before
+        ):
+            time.sleep(0.05)  # until this process has written an epoch
+        time.sleep(rng.random() / 2)  # then a random moment among the next epochs' writes
         if proc.poll() is not None:  # finished before the kill: nothing more to interrupt
             break
         proc.send_signal(signal.SIGKILL)

@@ -75,15 +75,15 @@ def test_ctrl_c_during_validation_stops_promptly_and_resumes_exactly(tmp_path: P
     cfg = {
         "name": "exp",
         "seed": 4,
-        "data": {"name": "fake", "fake_size": 3016, "val_split": 3000, "batch_size": 16, "eval_batch_size": 1},
-        "model": {"name": "cnn", "channels": [8, 16], "hidden": [32]},
+        "data": {"name": "fake", "fake_size": 4016, "val_split": 4000, "batch_size": 16, "eval_batch_size": 1},
+        "model": {"name": "cnn", "channels": [16, 32], "hidden": [64]},
         "train": {"epochs": 1},
     }
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
     straight = train(cfg, out=tmp_path / "straight")
     proc = start(tmp_path / "exp.yaml", tmp_path / "run")
     assert proc.stderr is not None and "->" in proc.stderr.readline()
-    time.sleep(1.0)  # the single training step is long done; validation has 3000 batches to go
+    time.sleep(0.5)  # the single training step is long done; validation has 4000 batches (seconds) to go
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     err = proc.stderr.read()

@@ -27,10 +27,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .checkpoint import read_tensors
 from .errors import CheckpointError, ConfigError, UserError, unknown_name
 from .families import BACKBONES
 from .models import dense_layers
+from .safeload import read_tensors
 
 log = logging.getLogger(__name__)
 

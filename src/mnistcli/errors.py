@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
+from pathlib import Path
+
+NO_SPACE = {errno.ENOSPC: "no space left on the device", getattr(errno, "EDQUOT", -1): "disk quota exceeded"}
 
 
 class UserError(Exception):
@@ -38,6 +42,23 @@ def unknown_name(kind: str, name: str, allowed: Iterable[str], where: str = "") 
     allowed = sorted(allowed)
     prefix = f"{where}: " if where else ""
     return f"{prefix}unknown {kind} '{name}'{closest(name, allowed)}; allowed: {', '.join(allowed)}"
+
+
+def space_errno(exc: BaseException | None) -> int | None:
+    """ENOSPC or EDQUOT when a write failed for want of space, found along the exception's chain (torch's zip
+    writer raises its own RuntimeError while handling the OSError)."""
+    for _ in range(8):  # a few links suffice; the bound guards against a cycle
+        if exc is None:
+            return None
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def no_space(path: Path, code: int, sizes: str = "") -> UserError:
+    """A write that ran out of space, in one line naming the folder, the reason and the file (then `sizes`)."""
+    return UserError(f"{path.parent}: {NO_SPACE[code]} to write {path.name}{sizes}")
 
 
 class Terminated(KeyboardInterrupt):

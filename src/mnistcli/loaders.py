@@ -6,7 +6,9 @@ batch transform (augmentation, normalization) there.
 
 from __future__ import annotations
 
+import atexit
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -18,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset, default_collate
 
 from .config import Config
-from .datasets import DATASETS, Unreadable, check_same_classes, load_split, report_unreadable, warn_skipped
+from .datasets import DATASETS, check_same_classes, load_split
 from .errors import UserError
+from .imagefolder import Unreadable, report_unreadable, warn_skipped
 from .inputspec import InputSpec
 from .pipeline import BatchTransform, SampleTransform
 
@@ -74,16 +77,16 @@ class DeviceBatches:
         self.order: EpochOrder = loader.sampler
         self.generator = torch.Generator().manual_seed(seed + 1)  # augmentation draws, separate from order
         self.dataset_size = self.order.n
+        self.reported: set[str] = set()  # files already warned about: each once per run
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Tensors]:
-        reported: set[str] = self.__dict__.setdefault("reported", set())  # files warned about: once per run
         skipped = read = 0
         for x, y, *bad in self.loader:  # DataLoader batches also carry the files that failed to decode
             if bad:
-                skipped += report_unreadable(bad[0], reported)  # here, in the main process: one line, no traceback
+                skipped += report_unreadable(bad[0], self.reported)  # here, in the main process: one line, no traceback
             if not len(y):
                 continue  # no file of this batch could be decoded
             read += len(y)
@@ -114,6 +117,17 @@ def _init_worker(worker_id: int) -> None:
     random.seed(seed)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _kill_workers_at_exit() -> None:
+    """At interpreter exit multiprocessing stops daemon children (DataLoader workers still alive, e.g. when an
+    exception kept a run's loaders referenced) with SIGTERM and waits for them; ours ignore SIGTERM, so they get
+    SIGKILL first: the same end for a daemon child, without waiting forever."""
+    if hasattr(signal, "SIGCHLD"):  # torch's SIGCHLD handler would report each killed worker as a failure
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
 
 
 def use_memory(cfg: Config, spec: InputSpec) -> bool:
@@ -211,6 +225,9 @@ def make_batches(
         workers = cfg.data.num_workers
         if workers is None:  # leave one core to the training process itself
             workers = min(8, max(0, (os.cpu_count() or 1) - 1))
+        if workers > 0:  # once, and after multiprocessing's own exit hook (so it runs before it)
+            atexit.unregister(_kill_workers_at_exit)
+            atexit.register(_kill_workers_at_exit)
         loader = DataLoader(
             src,
             batch_size=batch,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import io
 import logging
 import os
@@ -15,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, no_space, space_errno
+from .yamlfile import read_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_error(path: Path, exc: OSError) -> UserError:
     """A failed write as one line: a full disk says so, anything else gives the system's reason."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"{path.parent}: no space left on the device to write {path.name}")
+    code = space_errno(exc)
+    if code is not None:
+        return no_space(path, code)
     return UserError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
@@ -201,8 +202,9 @@ def write_config(out: Path, cfg: Any) -> None:
 
 
 def read_config(out: Path) -> dict[str, Any]:
-    """The resolved config of a run, as plain data."""
-    return yaml.safe_load((out / CONFIG).read_text(encoding="utf-8")) or {}
+    """The resolved config of a run, as plain data; a missing or unreadable file, bad YAML or a duplicate key is one
+    line naming the file."""
+    return read_yaml_file(out / CONFIG, "run config") or {}
 
 
 def _cells(row: dict[str, Any], versions: dict[str, Any]) -> list[Any]:

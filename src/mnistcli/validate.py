@@ -194,6 +194,7 @@ def _ranges(cfg: Config, unused: dict[str, str], stored: bool) -> Problems:
     """Values of the right type but outside what makes sense (keys the chosen entries do not read are not checked)."""
     problems = []
     for dotted, (test, allowed) in RANGES.items():
+        # stored configs skip NEW_RUNS_ONLY: checkpoints trained by earlier versions must still load for eval and resume
         if _is_unused(dotted, unused) or (stored and dotted in NEW_RUNS_ONLY):
             continue
         value = get_value(cfg, dotted)
