@@ -160,3 +160,23 @@ def test_help_imports_no_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     proc = subprocess.run([sys.executable, "-m", "mnistcli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "predict" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ["predict", "x.png", "--ckpt", "y.pt", "--topk", "abc"],
+            "error: mnistcli predict: Invalid value for '--topk': Input should be a valid integer, unable to parse "
+            "string as an integer (see 'mnistcli predict --help')",
+        ),
+        (["train"], "error: mnistcli train: Missing argument 'config'. (see 'mnistcli train --help')"),
+        (["bogus"], "error: mnistcli: No such command 'bogus'. (see 'mnistcli --help')"),
+        (["eval", "--ckpt", "a.pt", "--splt", "val"], "error: mnistcli eval: No such option: --splt"),
+    ],
+)
+def test_command_line_mistakes_are_one_line(args: list[str], line: str) -> None:
+    """The real console script: usage errors in the same one-line style as every other error, exit code 2."""
+    proc = subprocess.run([sys.executable, "-m", "mnistcli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(line), proc.stderr
