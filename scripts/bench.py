@@ -1,10 +1,14 @@
 """Benchmarks on the real MNIST: throughput against a tutorial loop, time to accuracy, cold start, eval speed.
 
-    python scripts/bench.py                 # everything; writes docs/BENCHMARKS.md
-    python scripts/bench.py --only throughput --repeats 5
+    python scripts/bench.py                             # the five main sections; prints them, writes nothing
+    python scripts/bench.py --write                     # the same, and replaces them in docs/BENCHMARKS.md
+    python scripts/bench.py --only throughput --repeats 5 --write   # replaces that section only
+    python scripts/bench.py --design --write            # the training-step variants behind the defaults
+    python scripts/bench.py --design --steps 3 --repeats 1          # a quick check that every variant runs
 
 Each figure is the median of several runs; throughput pairs are measured alternately in one process, so machine
-noise hits both sides alike.
+noise hits both sides alike. `--write` replaces only the sections this run measured, each between its own
+markers in the page; the other sections stay as they are.
 """
 
 from __future__ import annotations
@@ -281,6 +285,67 @@ def digits(ckpt: Path, n: int, tmp: Path) -> list[dict]:
     return rows
 
 
+# Variants of one training step behind the defaults: the pytorch/examples network, one random batch, Adam.
+# Each runs in a fresh interpreter, so allocator tuning, oneDNN state and compiled code never carry over.
+DESIGN: dict[str, dict[str, bool]] = {
+    "contiguous (NCHW), Adam (foreach)": {"channels_last": False},
+    "channels-last, Adam (foreach)": {},
+    "oneDNN disabled, NCHW": {"channels_last": False, "onednn": False},
+    "oneDNN disabled, channels-last": {"onednn": False},
+    "channels-last, fused Adam": {"fused": True},
+    "channels-last, fused Adam, torch.compile": {"fused": True, "compile": True},
+    "channels-last, fused Adam, keep_freed_memory()": {"fused": True, "keep_freed": True},
+}
+
+
+def design_process(settings: dict[str, bool], batch: int, steps: int) -> tuple[float, float]:
+    """Images per second of one step variant, and the seconds of its warm-up steps (compiling included)."""
+    if settings.get("keep_freed"):
+        keep_freed_memory()  # before the step allocates anything, as `mnistcli train` does
+    torch.manual_seed(0)
+    model = build_model(arch_spec(load_config({"model": EXAMPLES_NET}).model, [1, 28, 28], 10)).train()
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    if settings.get("channels_last", True):
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    fused = settings.get("fused", False)
+    opt = torch.optim.Adam(model.parameters(), 1e-3, fused=fused or None, foreach=None if fused else True)
+    forward = torch.compile(model) if settings.get("compile") else model
+    torch.backends.mkldnn.enabled = settings.get("onednn", True)  # this process measures one variant only
+    times = []
+    for count in (WARMUP, steps):
+        start = time.perf_counter()
+        for _ in range(count):
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - start)
+    return batch * steps / times[1], times[0]
+
+
+def design(repeats: int, steps: int, batch: int) -> list[dict]:
+    """Every step variant, each repeat a round over all of them (so machine noise hits them alike)."""
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label in DESIGN}
+    for _ in range(repeats):
+        for label, settings in DESIGN.items():
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                runs[label].append(pool.apply(design_process, (settings, batch, steps)))
+    rows = []
+    for label, results in runs.items():
+        speeds = [speed for speed, _ in results]
+        rows.append(
+            {
+                "variant": label,
+                "batch": batch,
+                "img/s (median)": round(statistics.median(speeds)),
+                "img/s (each run)": ", ".join(str(round(s)) for s in speeds),
+                f"first {WARMUP} steps s": round(statistics.median(warm for _, warm in results), 1),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     """Rows of dicts as a Markdown table."""
     keys = list(rows[0])
@@ -297,92 +362,115 @@ def machine() -> str:
     )
 
 
+# Each section of docs/BENCHMARKS.md, in page order: key (as `--only` names it) -> title.
+SECTIONS = {
+    "throughput": "Training throughput: tutorial loop vs mnistcli, same network, same batch",
+    "accuracy": "Time to accuracy: `mnistcli train` wall time, then `mnistcli eval` on the 10,000 test images",
+    "cold": 'Cold start: `mnistcli predict` on one image vs `python -c "import torch"`',
+    "eval": "Evaluation throughput on the MNIST test split",
+    "digits": "Predict on digits as users draw them (dark on light, RGB, odd sizes, margins), mnist_cnn model",
+    "design": "Design measurements behind the defaults (pytorch/examples network, steady-state steps)",
+}
+MEASURED = ("throughput", "accuracy", "cold", "eval", "digits")  # what a run without --only or --design measures
+
+
+def section(key: str, body: str, command: str) -> str:
+    """One section of the page: title, when, where and how it was measured, then its table."""
+    when = time.strftime("%Y-%m-%d")
+    return f"### {SECTIONS[key]}\n\nMeasured {when} on {machine()}, by `{command}`.\n\n{body}\n"
+
+
+def markers(key: str) -> tuple[str, str]:
+    """The comments around a section's generated text in the page."""
+    return f"<!-- bench.py {key}: start -->", f"<!-- bench.py {key}: end -->"
+
+
+def write_sections(path: Path, sections: dict[str, str]) -> None:
+    """Replace each given section between its markers; the rest of the page, other sections included, stays.
+
+    A section the page has no markers for is added at its end. The page is replaced in one step (a new file
+    renamed over it), so an interrupted write leaves the old page whole."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    for key, body in sections.items():
+        start, end = markers(key)
+        if text.count(start) > 1 or text.count(end) != text.count(start):
+            raise ValueError(f"{path}: expected one '{start}' and one '{end}'; fix the page, nothing written")
+        if start in text:
+            head, rest = text.split(start, 1)
+            if end not in rest:
+                raise ValueError(f"{path}: '{end}' comes before '{start}'; fix the page, nothing written")
+            tail = rest.split(end, 1)[1]
+        else:
+            head, tail = text.rstrip("\n") + "\n\n", "\n"
+        text = f"{head}{start}\n{body}{end}{tail}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # in the page's folder, so the rename is atomic
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def measure(only: set[str], args: argparse.Namespace, tmp: Path) -> dict[str, str]:
+    """Run the chosen sections (slow: minutes each); section key -> its Markdown table."""
+    tables = {}
+    if "throughput" in only:
+        tables["throughput"] = table(throughput(args.repeats, args.steps or 120, args.batch))
+    if "accuracy" in only:
+        tables["accuracy"] = table(accuracy_runs(args.configs, args.repeats, tmp))
+    ckpt = tmp / "cold" / "best.pt"
+    if only & {"cold", "eval"}:
+        fast = ["configs/mnist_fast.yaml", "--set", "train.epochs=1", "--set", "data.val_split=0.5"]
+        timed([*MLI, "train", *fast, "--out", str(ckpt.parent), "--quiet", "--overwrite"])
+    if "cold" in only:
+        tables["cold"] = table(cold_start(ckpt, max(args.repeats, 5)))
+    if "eval" in only:
+        tables["eval"] = table(eval_speed(ckpt, args.repeats))
+    if "digits" in only:
+        cnn = tmp / "mnist_cnn-0" / "best.pt"
+        if not cnn.exists():
+            timed([*MLI, "train", "configs/mnist_cnn.yaml", "--out", str(cnn.parent), "--quiet", "--overwrite"])
+        tables["digits"] = table(digits(cnn, args.digits, tmp))
+    if "design" in only:
+        tables["design"] = table(design(args.repeats, args.steps or 40, args.batch))
+    return tables
+
+
 def main() -> None:
-    """Run the chosen sections, print each table, and write docs/BENCHMARKS.md."""
+    """Run the chosen sections, print them, and with --write replace those sections of the page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["throughput", "accuracy", "cold", "eval", "digits"], action="append")
+    parser.add_argument("--only", choices=list(SECTIONS), action="append", help="a section to measure (repeatable)")
+    parser.add_argument("--design", action="store_true", help="measure the design variants (same as --only design)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=120, help="training steps per throughput measurement")
+    parser.add_argument("--steps", type=int, help="timed training steps per measurement (throughput 120, design 40)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument(
         "--configs", nargs="+", default=["configs/mnist_fast.yaml", "configs/mnist_cnn.yaml", "configs/mnist_mlp.yaml"]
     )
-    parser.add_argument("--write", default=str(REPO / "docs" / "BENCHMARKS.md"))
+    parser.add_argument(
+        "--write",
+        nargs="?",
+        const=str(REPO / "docs" / "BENCHMARKS.md"),
+        metavar="PAGE",
+        help="replace the measured sections in PAGE (default docs/BENCHMARKS.md); without it nothing is written",
+    )
     parser.add_argument("--digits", type=int, default=500, help="MNIST-derived user-style digits to predict")
     args = parser.parse_args()
-    only = set(args.only or ["throughput", "accuracy", "cold", "eval", "digits"])
-    sections: list[tuple[str, str]] = []
+    only = set(args.only or []) | ({"design"} if args.design else set()) or set(MEASURED)
     with tempfile.TemporaryDirectory() as tmp:
-        if "throughput" in only:
-            sections.append(
-                (
-                    "Training throughput: tutorial loop vs mnistcli, same network, same batch",
-                    table(throughput(args.repeats, args.steps, args.batch)),
-                )
-            )
-        if "accuracy" in only:
-            sections.append(
-                (
-                    "Time to accuracy: `mnistcli train` wall time, then `mnistcli eval` on the 10,000 test images",
-                    table(accuracy_runs(args.configs, args.repeats, Path(tmp))),
-                )
-            )
-        ckpt = Path(tmp) / "cold" / "best.pt"
-        if only & {"cold", "eval"}:
-            timed(
-                [
-                    *MLI,
-                    "train",
-                    "configs/mnist_fast.yaml",
-                    "--set",
-                    "train.epochs=1",
-                    "--set",
-                    "data.val_split=0.5",
-                    "--out",
-                    str(ckpt.parent),
-                    "--quiet",
-                    "--overwrite",
-                ]
-            )
-        if "cold" in only:
-            sections.append(
-                (
-                    'Cold start: `mnistcli predict` on one image vs `python -c "import torch"`',
-                    table(cold_start(ckpt, max(args.repeats, 5))),
-                )
-            )
-        if "eval" in only:
-            sections.append(("Evaluation throughput on the MNIST test split", table(eval_speed(ckpt, args.repeats))))
-        if "digits" in only:
-            cnn = Path(tmp) / "mnist_cnn-0" / "best.pt"
-            if not cnn.exists():
-                timed([*MLI, "train", "configs/mnist_cnn.yaml", "--out", str(cnn.parent), "--quiet", "--overwrite"])
-            sections.append(
-                (
-                    "Predict on digits as users draw them (dark on light, RGB, odd sizes, margins), mnist_cnn model",
-                    table(digits(cnn, args.digits, Path(tmp))),
-                )
-            )
-    command = "python scripts/bench.py " + " ".join(sys.argv[1:])
-    text = "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)
-    report = (
-        f"## Run of {time.strftime('%Y-%m-%d')}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{text}\n"
-    )
-    print(report)
+        tables = measure(only, args, Path(tmp))
+    command = " ".join(["python scripts/bench.py", *sys.argv[1:]])
+    sections = {key: section(key, tables[key], command) for key in SECTIONS if key in tables}
+    print("\n".join(sections.values()))
     if args.write:
-        write_report(Path(args.write), report)
-
-
-def write_report(path: Path, report: str) -> None:
-    """Replace the generated block of the benchmarks page, keeping the hand-written text around it."""
-    start, end = "<!-- bench.py output: start -->", "<!-- bench.py output: end -->"
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(f"{head}{start}\n{report}{end}{tail}")
+        try:
+            write_sections(Path(args.write), sections)
+        except ValueError as exc:
+            parser.exit(2, f"error: {exc}\n")
+        print(f"replaced {', '.join(sections)} in {args.write}")
+    else:
+        print("not written: add --write to replace these sections in docs/BENCHMARKS.md", file=sys.stderr)
 
 
 if __name__ == "__main__":

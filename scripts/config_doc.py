@@ -1,20 +1,36 @@
-"""Regenerate docs/CONFIG.md from the schema in src/mnistcli/config.py (field, default, comment)."""
+"""Regenerate docs/CONFIG.md from the schema in src/mnistcli/config.py (field, type, default, comment)."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import tokenize
+import types
+import typing
 from pathlib import Path
+from typing import Any, Literal
 
 from mnistcli.config import Config
 from mnistcli.datasets import DATASETS
-from mnistcli.families import FAMILIES
+from mnistcli.families import ACTIVATIONS, FAMILIES, MODELS
 from mnistcli.optim import LOSSES, OPTIMIZERS
 from mnistcli.schedule import SCHEDULERS
+from mnistcli.validate import RANGES
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "mnistcli" / "config.py"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
+
+# Keys whose value names a registry entry: the config is checked against these names.
+REGISTRY_KEYS: dict[str, dict[str, Any]] = {
+    "data.name": DATASETS,
+    "model.name": MODELS,
+    "model.activation": ACTIVATIONS,
+    "model.head.activation": ACTIVATIONS,
+    "loss.name": LOSSES,
+    "optimizer.name": OPTIMIZERS,
+    "scheduler.name": SCHEDULERS,
+}
 
 
 def comments() -> dict[tuple[str, str], str]:
@@ -47,25 +63,55 @@ def readers() -> dict[str, str]:
     return {key: "; ".join(f"{kind} {', '.join(n)}" for kind, n in kinds.items()) for key, kinds in found.items()}
 
 
+def literal_values(hint: Any) -> list[Any]:
+    """The values a `Literal[...]` type (or a union holding one, e.g. `Literal[...] | None`) allows; [] otherwise."""
+    if typing.get_origin(hint) is Literal:
+        return list(typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [literal_values(arg) or ([None] if arg is type(None) else []) for arg in typing.get_args(hint)]
+        return [v for part in parts for v in part] if any(p and p != [None] for p in parts) else []
+    return []
+
+
+def shown(value: Any) -> str:
+    """A value as YAML writes it: null, true/false, numbers and words as they are."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def allowed(key: str, hint: Any) -> str:
+    """What a key accepts beyond its type: the choices of a Literal, the names of a registry, a range rule."""
+    values = literal_values(hint) or list(REGISTRY_KEYS.get(key, {}))
+    parts = [" | ".join(f"`{shown(v)}`" for v in values)] if values else []
+    if key in RANGES:
+        parts.append(RANGES[key][1])
+    return "; ".join(parts)
+
+
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: | would split it; outside `code`, \\ escapes what follows and <x> is a tag."""
+    parts = text.split("`")
+    parts[::2] = [re.sub(r"<(?=[A-Za-z/])", r"\\<", part.replace("\\", "\\\\")) for part in parts[::2]]
+    return "`".join(parts).replace("|", r"\|")
+
+
 def rows(obj: object, prefix: str, notes: dict[tuple[str, str], str], read: dict[str, str]) -> list[str]:
     """Markdown table rows for a dataclass instance, recursing into sections."""
     out = []
+    hints = typing.get_type_hints(type(obj))  # the schema's annotations are strings (postponed evaluation)
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             out += rows(value, f"{prefix}{f.name}.", notes, read)
             continue
-        default = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
-        note = notes.get((type(obj).__name__, f.name), "").replace("|", r"\|")  # a bare | would split the cell
         key = f"{prefix}{f.name}"
+        note = cell(notes.get((type(obj).__name__, f.name), ""))
         who = read.get(key) or next((read[k] for k in read if key.startswith(f"{k}.")), "")
-        out.append(f"| `{key}` | `{default}` | {note} | {who} |")
+        out.append(f"| `{key}` | `{shown(value)}` | {cell(allowed(key, hints[f.name]))} | {note} | {who} |")
     return out
 
 
-def main() -> None:
-    """Write docs/CONFIG.md."""
-    notes = comments()
+def render() -> str:
+    """The text of docs/CONFIG.md for the schema as it is now."""
     text = [
         "# Config reference",
         "",
@@ -74,18 +120,24 @@ def main() -> None:
         "config is saved as `config.yaml` in the run folder and inside every checkpoint.",
         "An unknown key, a wrong type, an out-of-range value or a key that the chosen dataset, model family, loss,",
         "optimizer or schedule does not read stops the run before any work; every problem is reported at once, one",
-        "line each, naming the file (or the `--set`) and the dotted key. 'Read by' names the only entries that read",
-        "a key; a key with no entry there is read whatever the choice.",
+        "line each, naming the file (or the `--set`) and the dotted key. 'Allowed' lists the choices of a key that",
+        "takes one of a few words or a registry name, and the range a value must be in. 'Read by' names the only",
+        "entries that read a key; a key with no entry there is read whatever the choice.",
         "",
         "Generated from `src/mnistcli/config.py` by `python scripts/config_doc.py`.",
         "",
-        "| key | default | meaning | read by |",
-        "|---|---|---|---|",
-        *rows(Config(), "", notes, readers()),
+        "| key | default | allowed | meaning | read by |",
+        "|---|---|---|---|---|",
+        *rows(Config(), "", comments(), readers()),
         "",
     ]
+    return "\n".join(text)
+
+
+def main() -> None:
+    """Write docs/CONFIG.md."""
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text("\n".join(text))
+    OUT.write_text(render())
 
 
 if __name__ == "__main__":

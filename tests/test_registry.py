@@ -247,7 +247,10 @@ def test_problems_name_the_override_or_the_file_they_came_from(tmp_path: Path) -
     "config",
     [
         {"model": {"name": "mlp", "hidden": [64, 32], "dropout": 0.2}, "optimizer": {"name": "sgd", "nesterov": True}},
-        {"model": {"name": "resnet18", "head": {"hidden": [16]}, "freeze": "backbone"}, "data": {"name": "fake"}},
+        {
+            "model": {"name": "resnet18", "head": {"hidden": [16]}, "freeze": "backbone", "pretrained": True},
+            "data": {"name": "fake"},
+        },
         {"model": {"name": "lenet_tutorial"}, "data": {"name": "emnist_letters", "download": False}},
         {"data": {"name": "image_folder", "train_dir": "x", "val_split": 5}, "scheduler": {"name": "cosine"}},
     ],

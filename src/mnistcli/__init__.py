@@ -11,11 +11,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def train(config: Any, overrides: list[str] | None = None, out: str | Path | None = None) -> dict[str, Any]:
-    """Train from a YAML path or a dict, with optional `a.b=value` overrides; returns the run's metrics."""
+def train(
+    config: Any,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool | str | None = "auto",
+    log_every: float | None = None,
+    resume: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train from a YAML path or a dict, with optional `a.b=value` overrides; returns the run's metrics.
+
+    progress: 'auto' (bars in a terminal or notebook, plain lines otherwise), 'bar', 'lines' or 'off' (also
+    True/False); log_every: the least seconds between two progress lines (default 30)."""
     from .training import train as _train
 
-    return _train(config, overrides, out)
+    return _train(config, overrides, out, resume=resume, progress=progress, log_every=log_every)
 
 
 def load_model(ckpt_path: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
@@ -25,4 +35,27 @@ def load_model(ckpt_path: str | Path, device: str = "cpu") -> tuple[Any, dict[st
     return _load_model(ckpt_path, device)
 
 
-__all__ = ["__version__", "load_model", "train"]
+def evaluate(
+    ckpt: str | Path, split: str = "test", data_root: str | Path | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Loss, accuracy and per-class accuracy of a checkpoint on a split: the object `mnistcli eval --json` prints."""
+    from .evaluation import evaluate_checkpoint
+
+    return evaluate_checkpoint(ckpt, split, data_root, device)
+
+
+def predict(
+    images: str | Path | list[str | Path],
+    ckpt: str | Path,
+    topk: int = 3,
+    preprocess: str = "auto",
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """One dict per image (files, folders, patterns), as `mnistcli predict --json` prints; failures hold `error`."""
+    from .prediction import predict_images
+
+    paths = [images] if isinstance(images, (str, Path)) else list(images)
+    return predict_images(paths, ckpt, topk, preprocess, None, device)
+
+
+__all__ = ["__version__", "evaluate", "load_model", "predict", "train"]

@@ -42,6 +42,8 @@ class DataConfig:
     val_dir: str | None = None  # image_folder: validation folder (else val_split of train_dir)
     test_dir: str | None = None  # image_folder: test folder, used by `eval`
     val_split: float | int = 0.1  # fraction (< 1) or count (>= 1) of the training set held out
+    fraction: float = 1.0  # share of each split used (seeded, each class keeps its share); 1.0: all of it
+    limit: int | None = None  # at most this many images per split (seeded, class-balanced); None: no cap
     batch_size: int = 128  # training images per step
     eval_batch_size: int = 1000  # images per step in validation and eval
     image_size: int | None = None  # square side in pixels; None keeps the dataset's size
@@ -138,6 +140,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max gradient norm
     unfreeze_at_epoch: int | None = None  # backbones: unfreeze from this epoch (1-based)
     on_nan: Literal["stop", "skip"] = "stop"  # what a non-finite loss does
+    max_steps: int | None = None  # stop after this many optimizer steps in all (quick trials); the schedule fits it
 
 
 @dataclass

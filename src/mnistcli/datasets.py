@@ -70,6 +70,29 @@ def _decompress_idx(raw: Path, files: tuple[str, ...]) -> None:
                 tmp.unlink(missing_ok=True)
 
 
+def _sources(cls: Any) -> str:
+    """Where torchvision downloads a dataset class's files from, read from the class itself so it stays current."""
+    archive = vars(cls).get("url")  # EMNIST: one archive of every split (the `mirrors` it inherits are MNIST's)
+    if archive:
+        return f"they are in the gzip/ folder of {archive}"
+    example = f"{cls.mirrors[0]}{cls.resources[0][0]}"
+    return f"download them from {' or '.join(cls.mirrors)} (e.g. {example})"
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, while they are empty (a file in one keeps it and its ancestors)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _idx(cls_name: str, files: tuple[str, ...], upright: bool = False, **kwargs: Any) -> Callable[..., Any]:
     """Builder for a torchvision IDX dataset class; `upright` transposes images stored column-major (EMNIST)."""
 
@@ -83,14 +106,17 @@ def _idx(cls_name: str, files: tuple[str, ...], upright: bool = False, **kwargs:
         images, labels = (raw / name for name in (files[2:] if split == "test" else files[:2]))
         check_split(images, labels)  # before torchvision reads them: its own checks are bare asserts
         cls = getattr(datasets, cls_name)
+        new_folders = _missing_folders(raw)  # a download creates them; a failed one must not leave them empty
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each mirror it fails to reach
                 ds = cls(cfg.root, train=split != "test", transform=transform, download=cfg.download, **kwargs)
         except (RuntimeError, OSError, ValueError) as exc:  # "Dataset not found" or an offline download
+            _remove_if_empty(new_folders)
             what = "could not be downloaded" if cfg.download else "not found (data.download is false)"
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(exc).__name__  # a download's last line is the network error
             raise UserError(
-                f"{cls_name} {what} ({reason}): put {', '.join(files)} (.gz or unpacked) in {raw}"
+                f"{cls_name} {what} ({reason}): put {', '.join(files)} (.gz or unpacked) in {raw}; {_sources(cls)}"
             ) from None
         check_labels(labels, ds.targets, len(ds.classes))  # an out-of-range label would stop training mid-epoch
         if upright:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -13,9 +12,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .errors import UserError
+from .progress import Display, Progress
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +34,6 @@ class StepSetup:
     stop: threading.Event = field(default_factory=threading.Event)  # set by SIGINT/SIGTERM: stop after this step
 
 
-def show_progress(quiet: bool) -> bool:
-    """Bars only for a person watching a terminal."""
-    return not quiet and sys.stderr.isatty()
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     """Mixed-precision context, or nothing in full precision."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -51,33 +45,42 @@ def train_one_epoch(
     setup: StepSetup,
     device: torch.device,
     epoch: int,
-    progress: bool = False,
+    progress: Display | bool = False,
     partial: dict[str, Any] | None = None,
+    max_batches: int | None = None,
 ) -> dict[str, Any]:
-    """Train one pass over `batches` (continuing `partial` sums after a resume); stops early when setup.stop is set."""
+    """Train one pass over `batches` (continuing `partial` sums after a resume); stops early when setup.stop is set
+    or after `max_batches` steps in all (train.max_steps). Also returns the learning rate's mean and peak."""
     model.train()
-    done = dict(partial or {"loss_sum": 0.0, "correct": 0, "seen": 0, "batches": 0})
+    done = {"loss_sum": 0.0, "correct": 0, "seen": 0, "batches": 0, "lr_sum": 0.0, "lr_max": 0.0, **(partial or {})}
     loss_sum = torch.tensor(done["loss_sum"], dtype=torch.float64, device=device)
     correct = torch.tensor(done["correct"], dtype=torch.int64, device=device)
     seen, step, stopped = done["seen"], done["batches"], False
-    bar = tqdm(batches, desc=f"epoch {epoch} train", leave=False, disable=not progress, dynamic_ncols=True)
-    for x, y in bar:
+    lr_sum, lr_max = done["lr_sum"], done["lr_max"]
+    before = done["seen"]  # images a resumed epoch had already done
+    running = lambda n: {"loss": loss_sum.item() / max(n + before, 1), "acc": correct.item() / max(n + before, 1)}
+    for x, y in Progress(batches, f"epoch {epoch} train", progress).wrap(running):
+        if max_batches is not None and step >= max_batches:
+            break
         step += 1
+        lr = setup.optimizer.param_groups[0]["lr"]  # a Python float: no device sync
+        lr_sum, lr_max = lr_sum + lr, max(lr_max, lr)
         loss, out = _step(model, x, y, setup, epoch, step)
         if loss is not None:
             loss_sum += loss.detach().double() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
-        if progress and seen and step % 20 == 0:  # .item() syncs the device: only when shown
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
         if setup.stop.is_set():
             stopped = True
             break
     sums = {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen, "batches": step}
+    sums.update(lr_sum=lr_sum, lr_max=lr_max)
     return {
         "loss": sums["loss_sum"] / max(seen, 1),
         "accuracy": sums["correct"] / max(seen, 1),
         "n": seen,
+        "lr_mean": lr_sum / max(step, 1),
+        "lr_max": lr_max,
         "stopped": stopped,
         "partial": sums,
     }
@@ -124,7 +127,7 @@ def evaluate(
     device: torch.device,
     num_classes: int,
     amp_dtype: torch.dtype | None = None,
-    progress: bool = False,
+    progress: Display | bool = False,
     desc: str = "eval",
     stop: threading.Event | None = None,
 ) -> dict[str, Any]:
@@ -134,7 +137,8 @@ def evaluate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     hits = torch.zeros(num_classes, dtype=torch.int64, device=device)
     totals = torch.zeros(num_classes, dtype=torch.int64, device=device)
-    for x, y in tqdm(batches, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+    running = lambda n: {"loss": loss_sum.item() / max(n, 1), "acc": hits.sum().item() / max(n, 1)}
+    for x, y in Progress(batches, desc, progress).wrap(running):
         with _autocast(device, amp_dtype):
             out = model(x)
         loss_sum += loss_fn(out.float(), y).double() * len(y)

@@ -7,6 +7,7 @@ batch transform (augmentation, normalization) there.
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import multiprocessing
 import os
@@ -25,6 +26,8 @@ from .errors import UserError
 from .imagefolder import Unreadable, report_unreadable, warn_skipped
 from .inputspec import InputSpec
 from .pipeline import BatchTransform, SampleTransform
+
+log = logging.getLogger(__name__)
 
 Tensors = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 targets (N,)
 
@@ -141,17 +144,21 @@ def use_memory(cfg: Config, spec: InputSpec) -> bool:
 
 
 def _to_tensors(ds: Any, spec: InputSpec) -> Tensors:
-    """Decode a whole dataset into one uint8 tensor at the stored shape."""
-    data = getattr(ds, "data", None)
+    """Decode a whole dataset (or a Subset of one) into one uint8 tensor at the stored shape."""
+    base = ds.dataset if isinstance(ds, Subset) else ds
+    data = getattr(base, "data", None)
     if isinstance(data, torch.Tensor) and data.dtype == torch.uint8 and (1, *data.shape[1:]) == spec.stored:
         # IDX datasets hold their images as one tensor already at the stored shape: per-sample decoding
         # (what SampleTransform would do) leaves each one unchanged
-        return data.unsqueeze(1), torch.as_tensor(ds.targets, dtype=torch.int64)
+        images = data.unsqueeze(1)
+        if base is not ds:
+            images = images[torch.as_tensor(ds.indices, dtype=torch.int64)]
+        return images, targets_of(ds)
     images, targets, bad = collate_readable([ds[i] for i in range(len(ds))])
     if report_unreadable(bad, set()):
         warn_skipped(len(bad), len(targets))
     if not len(targets):
-        raise UserError(f"{getattr(ds, 'root', 'the dataset')}: none of its {len(ds)} image files could be decoded")
+        raise UserError(f"{getattr(base, 'root', 'the dataset')}: none of its {len(ds)} image files could be decoded")
     return images, targets
 
 
@@ -168,14 +175,69 @@ def collate_readable(samples: list[tuple[Any, int]]) -> tuple[torch.Tensor, torc
 def _open(cfg: Config, spec: InputSpec, split: str, memory: bool) -> tuple[Any, list[str]]:
     """Open one split as tensors (memory) or as a dataset yielding uint8 samples."""
     ds = load_split(cfg.data, split, SampleTransform(spec))
-    return (_to_tensors(ds, spec) if memory else ds), DATASETS[cfg.data.name].classes(ds)
+    # a part of a dataset that keeps its labels is chosen from them: only the chosen images are decoded, later
+    lazy = bool(part_settings(cfg)) and getattr(ds, "targets", None) is not None
+    return (_to_tensors(ds, spec) if memory and not lazy else ds), DATASETS[cfg.data.name].classes(ds)
 
 
 def _take(src: Any, idx: torch.Tensor) -> Any:
-    """Select samples by index from tensors or a dataset."""
+    """Select samples by index from tensors or a dataset (a Subset of a Subset is one Subset of the dataset)."""
     if isinstance(src, tuple):
         return src[0][idx], src[1][idx]
+    if isinstance(src, Subset):
+        return Subset(src.dataset, [src.indices[i] for i in idx.tolist()])
     return Subset(src, idx.tolist())
+
+
+def part_settings(cfg: Config) -> str:
+    """The data.fraction / data.limit that select a part of each split, as text; empty when splits are whole."""
+    settings = [f"data.fraction {cfg.data.fraction:g}"] if cfg.data.fraction < 1 else []
+    return ", ".join(settings + ([f"data.limit {cfg.data.limit}"] if cfg.data.limit is not None else []))
+
+
+def targets_of(src: Any) -> torch.Tensor:
+    """The class index of each sample of an opened split, without decoding images where the dataset keeps them."""
+    if isinstance(src, tuple):
+        return src[1]
+    base = src.dataset if isinstance(src, Subset) else src
+    if getattr(base, "targets", None) is None:  # a dataset that makes each label with its sample: read them once
+        return torch.tensor([int(src[i][1]) for i in range(len(src))], dtype=torch.int64)
+    targets = torch.as_tensor(base.targets, dtype=torch.int64)
+    return targets[torch.as_tensor(src.indices, dtype=torch.int64)] if base is not src else targets
+
+
+def part_indices(targets: torch.Tensor, fraction: float, limit: int | None, seed: int, split: str) -> torch.Tensor:
+    """Seeded, class-balanced part of a split: round(n_c * share) images of each class c present (at least one),
+    the share being data.fraction, lowered so that the total is at most data.limit; indices in the split's order."""
+    classes, counts = torch.unique(targets, return_counts=True)
+    share = fraction if limit is None else min(fraction, limit / len(targets))
+    keep = [max(1, round(n * share)) for n in counts.tolist()]
+    if limit is not None and len(keep) > limit:
+        raise UserError(
+            f"data.limit {limit} is below the {len(keep)} classes of the {split} split: each class keeps at least "
+            f"one image; use data.limit >= {len(keep)}"
+        )
+    while limit is not None and sum(keep) > limit:  # rounding up overshot: drop from the most rounded-up class
+        over = [k - n * share if k > 1 else -math.inf for k, n in zip(keep, counts.tolist())]
+        keep[over.index(max(over))] -= 1
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c, k in zip(classes.tolist(), keep):
+        members = (targets == c).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    return torch.cat(chosen).sort().values
+
+
+def _parts(cfg: Config, splits: dict[str, Any]) -> dict[str, Any]:
+    """Each split cut to its part (data.fraction, data.limit), logged in one line."""
+    out, counts = {}, []
+    for name, src in splits.items():
+        targets = targets_of(src)
+        idx = part_indices(targets, cfg.data.fraction, cfg.data.limit, cfg.seed, name)
+        out[name] = _take(src, idx)
+        counts.append(f"{name} {len(idx)} of {len(targets)}")
+    log.info("%s: using %s images, each class in its share", part_settings(cfg), ", ".join(counts))
+    return out
 
 
 def split_indices(n: int, val_split: float | int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +270,12 @@ def open_splits(
         if classes is not None:
             check_same_classes(classes, test_classes, "test")
         classes = classes or test_classes
-    return {k: parts[k] for k in names}, list(classes or [])
+    parts = {k: parts[k] for k in names}
+    if part_settings(cfg):
+        parts = _parts(cfg, parts)
+        if memory:  # the parts of datasets that keep their labels are decoded only now
+            parts = {k: v if isinstance(v, tuple) else _to_tensors(v, spec) for k, v in parts.items()}
+    return parts, list(classes or [])
 
 
 def make_batches(

@@ -66,3 +66,11 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> Any:
         except (RuntimeError, TypeError, ValueError):
             pass
     return cls(groups, **kwargs)
+
+
+def eval_loss(log_probs: bool) -> Any:
+    """The loss validation and `eval` report: plain cross-entropy (NLL on log-probabilities), whatever the training
+    objective adds (label smoothing), so the two numbers are the same quantity."""
+    from torch import nn
+
+    return nn.NLLLoss() if log_probs else nn.CrossEntropyLoss()

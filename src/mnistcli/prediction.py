@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import glob
+import io
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +15,17 @@ import torch
 
 from .checkpoint import load_model, outputs_log_probs
 from .errors import UserError
+from .imagefolder import IMAGE_EXTENSIONS
 from .inputspec import InputSpec
 from .pipeline import network_input, resized_input
 from .preprocess import mode_for, open_image, prepare_pixels, save_pixels
+from .runs import write_error
+from .runtime import resolve_device
 
 BATCH = 256  # images per forward pass
+PATTERN_CHARS = frozenset("*?[")  # what makes an argument a glob pattern
+OUTPUT_FORMATS = (".csv", ".jsonl")
+CSV_COLUMNS = ["path", "label", "index", "probability", "topk"]  # then input_png (with --show-input) and error
 
 
 def predict_images(
@@ -25,11 +36,14 @@ def predict_images(
     show_input: str | Path | None = None,
     device: str = "cpu",
 ) -> list[dict[str, Any]]:
-    """One result per path: label, index, probability, top-k and `input_png` if saved, or `error` if it failed."""
+    """One result per image (folders and patterns expanded): label, index, probability, top-k and `input_png` if
+    saved, or `error` if it failed."""
     if topk < 1:
         raise UserError(f"--topk must be >= 1, got {topk}")
     folder = None if show_input is None else input_folder(show_input)  # before the slow part, so a typo costs nothing
-    model, info = load_model(ckpt_path, device)
+    paths = expand_images(paths)
+    dev = resolve_device(device, "device")
+    model, info = load_model(ckpt_path, dev)
     spec, classes = info["input_spec"], info["classes"]
     mode = mode_for(spec, preprocess)
     results: list[dict[str, Any]] = []
@@ -46,7 +60,7 @@ def predict_images(
     with torch.inference_mode():
         for start in range(0, len(ready), BATCH):
             chunk = ready[start : start + BATCH]
-            x = network_input(torch.stack([px for _, px in chunk]).to(device), spec)
+            x = network_input(torch.stack([px for _, px in chunk]).to(dev), spec)
             out = model(x).float()
             probs = out.exp() if outputs_log_probs(info["arch"]) else out.softmax(1)
             top_p, top_i = probs.topk(k, dim=1)
@@ -60,19 +74,106 @@ def predict_images(
     return results
 
 
+def expand_images(args: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders searched for image files; patterns the shell left unexpanded ('photos/*.jpg', quoted)
+    expanded here as the shell would. A pattern matching nothing, or a folder with no image, is a UserError."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if not str(arg).strip():  # Path('') is the current folder: never searched by accident
+            raise UserError("an image argument is empty; give a file, a folder or a pattern")
+        if path.is_dir():
+            paths += images_in(path)
+        elif not os.path.lexists(path) and PATTERN_CHARS & set(str(arg)):
+            matches = sorted(glob.glob(str(arg), recursive=True))
+            if not matches:
+                raise UserError(f"{arg}: no file matches this pattern")
+            paths += [p for m in matches for p in (images_in(Path(m)) if os.path.isdir(m) else [Path(m)])]
+        else:
+            paths.append(path)  # a file, or a name that is not there: its own error line when read
+    return paths
+
+
+def images_in(folder: Path) -> list[Path]:
+    """Image files in a folder and its sub-folders, sorted; hidden ones skipped, links followed once."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        here = os.stat(top)
+        if (here.st_dev, here.st_ino) in seen:  # a link back up the tree: already searched
+            dirs[:] = []
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: which name reaches a folder is fixed
+        found += [Path(top) / f for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not found:
+        raise UserError(f"{folder}: no image files in this folder or below; looked for {', '.join(IMAGE_EXTENSIONS)}")
+    return sorted(found)
+
+
+def check_output(path: str | Path) -> Path:
+    """The --output file: a new .csv or .jsonl file in a writable folder; checked before any work."""
+    out = Path(path)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise UserError(f"--output {path}: unknown file type '{out.suffix}'; allowed: a .csv or .jsonl file name")
+    if os.path.lexists(out):
+        raise UserError(f"--output {path}: the file exists and is never replaced; give a new file name")
+    writable_folder(out.parent, "--output")
+    return out
+
+
+def write_output(results: list[dict[str, Any]], path: Path) -> None:
+    """One row per image into a new .csv or .jsonl file, written whole or not at all; no file is ever replaced."""
+    if path.suffix.lower() == ".jsonl":
+        text = "".join(json.dumps(res) + "\n" for res in results)
+    else:
+        columns = CSV_COLUMNS + (["input_png"] if any("input_png" in r for r in results) else []) + ["error"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns, lineterminator="\n")
+        writer.writeheader()
+        for res in results:
+            writer.writerow({**res, "topk": json.dumps(res["topk"]) if "topk" in res else ""})
+        text = buf.getvalue()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        _publish(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give the finished file its name without replacing a file that appeared there meanwhile."""
+    taken = UserError(f"--output {path}: a file of that name appeared while predicting; it was not replaced")
+    try:
+        os.link(tmp, path)  # fails if the name is taken, unlike a rename
+    except FileExistsError:
+        raise taken from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise taken from None
+        os.replace(tmp, path)
+
+
 def input_folder(path: str | Path) -> Path:
     """The --show-input folder, created if missing; a file there, or a folder that cannot be written, is a UserError."""
-    folder = Path(path)
+    return writable_folder(Path(path), "--show-input")
+
+
+def writable_folder(folder: Path, option: str) -> Path:
+    """A folder for `option` to write into, created if missing; a file there or no write permission is a UserError."""
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"--show-input {path}: is a file, not a folder")
+        raise UserError(f"{option} {folder}: is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except NotADirectoryError:
-        raise UserError(f"--show-input {path}: cannot create the folder (part of the path is a file)") from None
+        raise UserError(f"{option} {folder}: cannot create the folder (part of the path is a file)") from None
     except OSError as exc:
-        raise UserError(f"--show-input {path}: cannot create the folder ({exc.strerror or exc})") from None
+        raise UserError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--show-input {path}: folder is not writable (Permission denied)")
+        raise UserError(f"{option} {folder}: folder is not writable (Permission denied)")
     return folder
 
 

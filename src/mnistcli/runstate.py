@@ -96,7 +96,7 @@ def new_run(
     """Optimizer, schedule, scaler and loss around a fresh model and its (train, val) batches."""
     dtype = amp_dtype(cfg.train.amp, device)
     optimizer = build_optimizer(_param_groups(model, family_of(arch), cfg), cfg.optimizer)
-    schedule = LRSchedule(optimizer, cfg.scheduler, cfg.train.epochs, len(batches[0]))
+    schedule = LRSchedule(optimizer, cfg.scheduler, cfg.train.epochs, len(batches[0]), cfg.train.max_steps)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     setup = StepSetup(build_loss(cfg.loss), optimizer, schedule, scaler, dtype, cfg.train.grad_clip, cfg.train.on_nan)
     run = Run(cfg, out, device, spec, arch, classes, model, *batches, setup, schedule)

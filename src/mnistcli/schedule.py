@@ -42,8 +42,11 @@ SCHEDULER_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr")  # what schedulers wri
 class LRSchedule:
     """The run's learning-rate schedule: steps per batch or per epoch as its entry says, saves and restarts."""
 
-    def __init__(self, optimizer: Any, cfg: Any, epochs: int, steps_per_epoch: int) -> None:
+    def __init__(
+        self, optimizer: Any, cfg: Any, epochs: int, steps_per_epoch: int, max_steps: int | None = None
+    ) -> None:
         self.optimizer, self.cfg, self.epochs, self.steps = optimizer, cfg, epochs, steps_per_epoch
+        self.max_steps = max_steps  # train.max_steps: a run cut short gets the whole schedule in fewer steps
         self.per_batch = SCHEDULERS[cfg.name].per_batch
         self.scheduler = self._build()
 
@@ -56,6 +59,8 @@ class LRSchedule:
             return None
         # per-epoch schedulers count epochs; per-batch ones count every step of the whole run
         total = self.epochs * self.steps
+        if self.max_steps is not None and self.per_batch:
+            total = max(1, min(total, self.max_steps))
         return getattr(torch.optim.lr_scheduler, entry.cls)(
             self.optimizer, **entry.kwargs(self.cfg, self.optimizer, total)
         )

@@ -7,18 +7,19 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_checkpoint, payload, save_checkpoint
+from .checkpoint import load_checkpoint, outputs_log_probs, payload, save_checkpoint
 from .config import Config, load_config
-from .engine import evaluate, show_progress, train_one_epoch
+from .engine import evaluate, train_one_epoch
 from .families import MODELS
 from .inputspec import input_spec
 from .loaders import make_batches, open_splits
+from .optim import eval_loss
 from .probe import check_fits, probe_model
+from .progress import Display, ensure_visible, resolve
 from .resume import (
     check_epochs_left,
     check_resume,
@@ -29,19 +30,8 @@ from .resume import (
     resume_state,
     run_id_of,
 )
-from .runs import (
-    BEST,
-    INTERRUPTED,
-    LAST,
-    append_metrics,
-    check_out_dir,
-    locked,
-    make_out_dir,
-    run_dir,
-    start_metrics,
-    start_run_dir,
-    write_config,
-)
+from .runfolder import claimed
+from .runs import BEST, INTERRUPTED, LAST, append_metrics, run_dir, start_metrics, write_config
 from .runstate import Run, build_run_model, new_run, unfreeze
 from .runtime import fast_math, keep_freed_memory, resolve_device, run_versions, seed_everything
 
@@ -60,17 +50,26 @@ def train(
     source: Any = None,
     overrides: list[str] | None = None,
     out: str | Path | None = None,
-    quiet: bool = True,
+    quiet: bool = False,
     resume: str | Path | None = None,
+    progress: bool | str | None = "auto",
+    log_every: float | None = None,
 ) -> dict[str, Any]:
-    """Train from a YAML path, dict or Config (plus `a.b=value` overrides); returns the run's metrics."""
+    """Train from a YAML path, dict or Config (plus `a.b=value` overrides); returns the run's metrics.
+
+    progress: 'auto' (bars in a terminal or notebook, plain lines otherwise), 'bar', 'lines' or 'off' (also
+    True/False); log_every: the least seconds between two progress lines (default 30). quiet: no progress and
+    no per-epoch lines."""
     cfg = load_config(source, overrides)
     if out is not None:
         cfg.output.dir = str(out)
-    return fit(cfg, progress=show_progress(quiet), resume=resume)
+    display = resolve(progress, quiet, log_every)
+    if not quiet:
+        ensure_visible()
+    return fit(cfg, progress=display, resume=resume)
 
 
-def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -> dict[str, Any]:
+def fit(cfg: Config, progress: Display | bool = False, resume: str | Path | None = None) -> dict[str, Any]:
     """Run a valid config: train, validate every epoch, write best.pt, last.pt, config.yaml, metrics.csv.
 
     The run folder is locked for the whole run and written only when it is empty, this run's own (a resume), or
@@ -82,18 +81,14 @@ def fit(cfg: Config, progress: bool = False, resume: str | Path | None = None) -
     if source is not None and cfg.output.dir is None and source.parent.resolve() != run_dir(cfg).resolve():
         cfg.output.dir = str(source.parent)
     out = run_dir(cfg)
-    make_out_dir(out)
-    with locked(out):
-        replace = check_out_dir(out, run_id_of(ckpt), source, cfg.output.overwrite)
-        run_id = run_id_of(ckpt) or uuid.uuid4().hex
-        start_run_dir(out, run_id, replace)
+    with claimed(out, run_id_of(ckpt), source, cfg.output.overwrite) as run_id:
         if ckpt is not None and source is not None:
             repair_best(out, ckpt, source)
             check_epochs_left(ckpt, cfg)
         return _fit(cfg, out, run_id, ckpt, progress)
 
 
-def _fit(cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+def _fit(cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, progress: Display | bool) -> dict[str, Any]:
     """Build the run (data, model, optimizer; restored from `ckpt` when resuming) and train it."""
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.seed, cfg.train.deterministic)
@@ -104,13 +99,13 @@ def _fit(cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, progr
     # the architecture and its memory, checked on the meta device before any data is read (2 classes: a lower bound)
     in_shape = (spec.channels, *spec.size)
     check_fits(probe_model(family.spec(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size), device)
+    cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
+    splits, classes = open_splits(cfg, spec, ["train", "val"])  # missing data is reported before missing weights
     weights = None
-    if family.transfer and cfg.model.pretrained and ckpt is None:  # before the data: a missing file fails fast
+    if family.transfer and cfg.model.pretrained and ckpt is None:
         from .backbones import fetch_pretrained
 
         weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
-    cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
-    splits, classes = open_splits(cfg, spec, ["train", "val"])
     batches = tuple(make_batches(splits[s], cfg, spec, device, train=s == "train", channels_last=cl) for s in splits)
     arch = family.spec(cfg.model, [spec.channels, *spec.size], len(classes))
     if ckpt is not None:
@@ -167,7 +162,7 @@ def _checkpoint(run: Run, epoch: int, resume: dict[str, Any] | None) -> dict[str
     )
 
 
-def _loop(run: Run, progress: bool, received: list[int]) -> dict[str, Any]:
+def _loop(run: Run, progress: Display | bool, received: list[int]) -> dict[str, Any]:
     """The epochs: train, validate, log, checkpoint; a stop (in training or validation) writes interrupted.pt."""
     cfg = run.cfg
     start_metrics(run.out, run.rows, run.versions)
@@ -175,15 +170,16 @@ def _loop(run: Run, progress: bool, received: list[int]) -> dict[str, Any]:
         if cfg.train.unfreeze_at_epoch == epoch and not run.backbone_trains:
             unfreeze(run)
         start, order_before = time.perf_counter(), run.train_batches.state()
-        lr = run.setup.optimizer.param_groups[0]["lr"]
-        lr = run.partial.get("lr", lr) if run.partial else lr  # a resumed epoch logs the lr it started with
-        tr = train_one_epoch(run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial)
+        budget = _steps_left(run, epoch)
+        tr = train_one_epoch(
+            run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial, budget
+        )
         run.partial = None
         va = None if tr["stopped"] else _validate(run, epoch, progress)
         if va is None:  # stopped: resumable from here (after a whole epoch of training, it only re-validates)
             data = {"order": order_before["order"], "augment": run.train_batches.state()["augment"]}
             path = run.out / INTERRUPTED
-            save_checkpoint(_checkpoint(run, epoch - 1, resume_state(run, data, {**tr["partial"], "lr": lr})), path)
+            save_checkpoint(_checkpoint(run, epoch - 1, resume_state(run, data, tr["partial"])), path)
             raise TrainingInterrupted(path, received[0] if received else signal.SIGINT)
         run.schedule.step_epoch()
         row = {
@@ -192,22 +188,33 @@ def _loop(run: Run, progress: bool, received: list[int]) -> dict[str, Any]:
             "train_acc": tr["accuracy"],
             "val_loss": va["loss"],
             "val_acc": va["accuracy"],
-            "lr": lr,
+            "lr_mean": tr["lr_mean"],
+            "lr_max": tr["lr_max"],
             "seconds": time.perf_counter() - start,
         }
         _end_epoch(run, row, va["per_class"])
+        if budget is not None and tr["partial"]["batches"] >= budget:
+            log.info("train.max_steps %d reached in epoch %d: the run ends here", cfg.train.max_steps, epoch)
+            break
     (run.out / INTERRUPTED).unlink(missing_ok=True)  # the run is complete: nothing left to resume
     if run.setup.stop.is_set():
         log.warning("the stop came as the last epoch ended: the run is complete")
     return _summary(run)
 
 
-def _validate(run: Run, epoch: int, progress: bool) -> dict[str, Any] | None:
-    """Validate after an epoch; None when a stop was asked for part-way (the partial result is dropped)."""
+def _steps_left(run: Run, epoch: int) -> int | None:
+    """Batches epoch `epoch` may train under train.max_steps (None: no limit); earlier epochs ran in full."""
+    if run.cfg.train.max_steps is None:
+        return None
+    return run.cfg.train.max_steps - (epoch - 1) * run.schedule.steps
+
+
+def _validate(run: Run, epoch: int, progress: Display | bool) -> dict[str, Any] | None:
+    """Validate after an epoch with the plain loss `eval` reports; None when a stop came part-way (dropped)."""
     va = evaluate(
         run.step_model,
         run.val_batches,
-        run.setup.loss_fn,
+        eval_loss(outputs_log_probs(run.arch)),
         run.device,
         len(run.classes),
         run.setup.amp_dtype,
@@ -216,6 +223,12 @@ def _validate(run: Run, epoch: int, progress: bool) -> dict[str, Any] | None:
         stop=run.setup.stop,
     )
     return None if va.get("stopped") else va
+
+
+def _objective(cfg: Config) -> str:
+    """Names the training loss when it is not the plain one validation reports."""
+    smoothing = cfg.loss.label_smoothing if cfg.loss.name == "cross_entropy" else 0.0
+    return f" (smoothed {smoothing:g})" if smoothing else ""
 
 
 def _summary(run: Run) -> dict[str, Any]:
@@ -251,7 +264,10 @@ def _end_epoch(run: Run, row: dict[str, Any], per_class: list[float]) -> None:
         save_checkpoint(_checkpoint(run, run.epoch, None), run.out / BEST)
     append_metrics(run.out, row, run.versions)
     log.info(
-        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs%s",
-        *(row["epoch"], run.cfg.train.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"]),
-        *(row["lr"], row["seconds"], "  *best" if is_best else ""),
+        "epoch %d/%d  train loss%s %.4f acc %.4f  val loss %.4f acc %.4f  lr max %.3g mean %.3g  %.1fs%s",
+        row["epoch"],
+        run.cfg.train.epochs,
+        _objective(run.cfg),
+        *(row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], row["lr_max"], row["lr_mean"]),
+        *(row["seconds"], "  *best" if is_best else ""),
     )

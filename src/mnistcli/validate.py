@@ -77,6 +77,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "data.val_split": (lambda v: v > 0 and (isinstance(v, int) or v < 1), "a fraction in (0, 1) or a count >= 1"),
+    "data.fraction": (lambda v: 0 < v <= 1, "a fraction in (0, 1] of each split (1: all of it)"),
+    "data.limit": (lambda v: v >= 1, "an integer >= 1 (images per split) or null for no cap"),
     "data.image_size": (lambda v: 8 <= v <= MAX_SIDE, f"an integer in [8, {MAX_SIDE}]"),
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
     "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
@@ -118,6 +120,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "scheduler.gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "scheduler.pct_start": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.max_steps": (lambda v: v >= 1, "an integer >= 1"),
     "train.grad_clip": (lambda v: v > 0, "a number > 0"),
     "train.unfreeze_at_epoch": (lambda v: v >= 1, "an integer >= 1"),
     "output.dir": (lambda v: v.strip() != "", "a folder path (leave it unset for checkpoints/<name>)"),
@@ -203,10 +206,20 @@ def _ranges(cfg: Config, unused: dict[str, str], stored: bool) -> Problems:
     return problems
 
 
-def _combinations(cfg: Config) -> Problems:
-    """Choices that do not fit together."""
+def _combinations(cfg: Config, stored: bool = False) -> Problems:
+    """Choices that do not fit together (`stored`: a saved config, see `check`)."""
     problems: Problems = []
     data, family = cfg.data, MODELS.get(cfg.model.name)
+    # new runs only: runs trained this way before the rule must still evaluate and load
+    if family and family.transfer and cfg.model.freeze == "backbone" and not cfg.model.pretrained and not stored:
+        problems.append(
+            (
+                "model.pretrained",
+                "model.freeze: backbone with model.pretrained: false trains only the head on random features; "
+                "set model.freeze: none (train it all), or model.pretrained: true (needs the weights: download "
+                "or model.weights_path)",
+            )
+        )
     if data.name == "image_folder" and not data.train_dir:
         problems.append(
             ("data.train_dir", "missing value for 'data.train_dir'; data.name 'image_folder' needs a folder")
@@ -276,7 +289,7 @@ def check(cfg: Config, present: set[str], stored: bool = False) -> Problems:
     `stored`: a config a run was trained with, checked only by the rules that also held when it was saved."""
     unused = unused_keys(cfg)
     problems = [(k, f"unused key '{k}': {unused[k]}") for k in sorted(present) if k in unused]
-    problems += _names(cfg) + _ranges(cfg, unused, stored) + _combinations(cfg)
+    problems += _names(cfg) + _ranges(cfg, unused, stored) + _combinations(cfg, stored)
     if not stored:
         reported = {key for key, _ in problems}
         problems += _new_run(cfg, unused, reported) + _rising_cosine(cfg, unused, reported)
