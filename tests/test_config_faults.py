@@ -289,3 +289,11 @@ def test_check_fits_refuses_huge_images_in_a_big_batch() -> None:
     with pytest.raises(UserError, match=r"GiB per batch of 256\) .*; lower data\.batch_size \(or data\.image_size\)$"):
         check_fits(size, torch.device("cpu"), where="train")
     assert isinstance(size, ModelSize)
+
+
+def test_exponent_numbers_without_a_dot_are_numbers() -> None:
+    """YAML 1.1 reads `1e-3` as text; a float key takes it as the number every user means (and nothing else)."""
+    cfg = load_config({"optimizer": {"lr": "1e-3"}}, ["scheduler.name=cosine", "scheduler.min_lr=1E-6"])
+    assert cfg.optimizer.lr == 0.001 and cfg.scheduler.min_lr == 1e-6
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        load_config({"optimizer": {"lr": "fast"}})

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .errors import closest
 
 Problems = list[tuple[str, str]]  # (dotted key, message): every problem found, reported together
+EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # numbers like 1e-3 that YAML 1.1 leaves as text
 
 
 def _type_name(tp: Any) -> str:
@@ -50,6 +52,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
+        if isinstance(value, str) and EXPONENT.fullmatch(value.strip()):
+            return True, float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; every user means the number
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value
     if tp is str:
