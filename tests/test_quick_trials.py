@@ -50,8 +50,8 @@ def test_fraction_keeps_each_class_share_exactly(idx_root: Path) -> None:
     for split in SPLITS:
         assert per_class(part[split][1]) == share(per_class(whole[split][1]), 0.1), split
     assert per_class(part["test"][1]) == [2] * 10  # 20 test images of each class
-    full_rows = {bytes(img.flatten().tolist()) for img in whole["train"][0]}
-    assert all(bytes(img.flatten().tolist()) in full_rows for img in part["train"][0])
+    full_rows = {img.numpy().tobytes() for img in whole["train"][0]}
+    assert all(img.numpy().tobytes() in full_rows for img in part["train"][0])
 
 
 def test_part_is_seeded_and_never_takes_a_validation_image(idx_root: Path) -> None:
