@@ -273,4 +273,5 @@ def test_full_disk_during_training_is_one_line(small_disk: Path) -> None:
     proc = finish(cli_start("train", str(config), "--out", str(small_disk / "run"), "--quiet"))
     message = one_error_line(proc)
     assert message.startswith(f"{small_disk / 'run'}: no space left on the device to write ")
-    assert not [p.name for p in (small_disk / "run").iterdir() if p.suffix == ".tmp" or p.name.endswith(".pt")]
+    # no checkpoint could be written: the start failed, and the folder it created is gone, temporaries and all
+    assert not (small_disk / "run").exists()
