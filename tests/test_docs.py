@@ -54,7 +54,7 @@ def test_config_reference_lists_choices_names_and_ranges() -> None:
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return script("bench")
+    return script("bench_page")
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ from .checkpoint import load_model, outputs_log_probs
 from .config import load_config
 from .engine import evaluate
 from .errors import UserError
-from .loaders import make_batches, open_splits, part_settings
+from .loaders import make_batches, open_splits
 from .optim import eval_loss
 from .runs import write_atomic
 from .runtime import resolve_device
+from .subsets import part_settings
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from .errors import UserError
 from .imagefolder import Unreadable, report_unreadable, warn_skipped
 from .inputspec import InputSpec
 from .pipeline import BatchTransform, SampleTransform
+from .subsets import part_settings, select_parts, take, targets_of
 
 log = logging.getLogger(__name__)
 
@@ -180,66 +181,6 @@ def _open(cfg: Config, spec: InputSpec, split: str, memory: bool) -> tuple[Any, 
     return (_to_tensors(ds, spec) if memory and not lazy else ds), DATASETS[cfg.data.name].classes(ds)
 
 
-def _take(src: Any, idx: torch.Tensor) -> Any:
-    """Select samples by index from tensors or a dataset (a Subset of a Subset is one Subset of the dataset)."""
-    if isinstance(src, tuple):
-        return src[0][idx], src[1][idx]
-    if isinstance(src, Subset):
-        return Subset(src.dataset, [src.indices[i] for i in idx.tolist()])
-    return Subset(src, idx.tolist())
-
-
-def part_settings(cfg: Config) -> str:
-    """The data.fraction / data.limit that select a part of each split, as text; empty when splits are whole."""
-    settings = [f"data.fraction {cfg.data.fraction:g}"] if cfg.data.fraction < 1 else []
-    return ", ".join(settings + ([f"data.limit {cfg.data.limit}"] if cfg.data.limit is not None else []))
-
-
-def targets_of(src: Any) -> torch.Tensor:
-    """The class index of each sample of an opened split, without decoding images where the dataset keeps them."""
-    if isinstance(src, tuple):
-        return src[1]
-    base = src.dataset if isinstance(src, Subset) else src
-    if getattr(base, "targets", None) is None:  # a dataset that makes each label with its sample: read them once
-        return torch.tensor([int(src[i][1]) for i in range(len(src))], dtype=torch.int64)
-    targets = torch.as_tensor(base.targets, dtype=torch.int64)
-    return targets[torch.as_tensor(src.indices, dtype=torch.int64)] if base is not src else targets
-
-
-def part_indices(targets: torch.Tensor, fraction: float, limit: int | None, seed: int, split: str) -> torch.Tensor:
-    """Seeded, class-balanced part of a split: round(n_c * share) images of each class c present (at least one),
-    the share being data.fraction, lowered so that the total is at most data.limit; indices in the split's order."""
-    classes, counts = torch.unique(targets, return_counts=True)
-    share = fraction if limit is None else min(fraction, limit / len(targets))
-    keep = [max(1, round(n * share)) for n in counts.tolist()]
-    if limit is not None and len(keep) > limit:
-        raise UserError(
-            f"data.limit {limit} is below the {len(keep)} classes of the {split} split: each class keeps at least "
-            f"one image; use data.limit >= {len(keep)}"
-        )
-    while limit is not None and sum(keep) > limit:  # rounding up overshot: drop from the most rounded-up class
-        over = [k - n * share if k > 1 else -math.inf for k, n in zip(keep, counts.tolist())]
-        keep[over.index(max(over))] -= 1
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for c, k in zip(classes.tolist(), keep):
-        members = (targets == c).nonzero().flatten()
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
-    return torch.cat(chosen).sort().values
-
-
-def _parts(cfg: Config, splits: dict[str, Any]) -> dict[str, Any]:
-    """Each split cut to its part (data.fraction, data.limit), logged in one line."""
-    out, counts = {}, []
-    for name, src in splits.items():
-        targets = targets_of(src)
-        idx = part_indices(targets, cfg.data.fraction, cfg.data.limit, cfg.seed, name)
-        out[name] = _take(src, idx)
-        counts.append(f"{name} {len(idx)} of {len(targets)}")
-    log.info("%s: using %s images, each class in its share", part_settings(cfg), ", ".join(counts))
-    return out
-
-
 def split_indices(n: int, val_split: float | int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded (train, val) index split of n samples; val_split is a fraction (< 1) or a count."""
     n_val = val_split if isinstance(val_split, int) else round(n * val_split)
@@ -264,7 +205,7 @@ def open_splits(
         else:
             n = len(pool[1]) if isinstance(pool, tuple) else len(pool)
             train_idx, val_idx = split_indices(n, cfg.data.val_split, cfg.seed)
-            parts["train"], parts["val"] = _take(pool, train_idx), _take(pool, val_idx)
+            parts["train"], parts["val"] = take(pool, train_idx), take(pool, val_idx)
     if "test" in names:
         parts["test"], test_classes = _open(cfg, spec, "test", memory)
         if classes is not None:
@@ -272,7 +213,7 @@ def open_splits(
         classes = classes or test_classes
     parts = {k: parts[k] for k in names}
     if part_settings(cfg):
-        parts = _parts(cfg, parts)
+        parts = select_parts(cfg, parts)
         if memory:  # the parts of datasets that keep their labels are decoded only now
             parts = {k: v if isinstance(v, tuple) else _to_tensors(v, spec) for k, v in parts.items()}
     return parts, list(classes or [])
