@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import shlex
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from . import cli_use
+from .clirun import run, setup_logging
 from .errors import Terminated, UserError
 
 try:  # recent typer carries its own copy of click
@@ -33,20 +32,6 @@ SHORTCUTS = {
     "--lr": "optimizer.lr",
     "--device": "train.device",
 }
-
-
-def _run(fn: Callable[[], Any]) -> Any:
-    """Call into the library; a user error becomes one line on stderr and exit code 2."""
-    try:
-        return fn()
-    except UserError as exc:
-        for line in str(exc).splitlines():  # a config with several problems: one line each
-            typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt as exc:  # exit codes as shells report signals: 128 + the signal's number
-        name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
-        typer.echo(f"stopped by {name}", err=True)
-        raise typer.Exit(code) from None
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -102,16 +87,6 @@ def _yaml_number(x: float) -> str:
     return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
 
 
-def _logging(quiet: bool) -> None:
-    """Library log lines go to stderr; --quiet keeps only warnings."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("mnistcli")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
-
-
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML experiment config, e.g. configs/mnist_cnn.yaml."),
@@ -142,7 +117,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ) -> None:
     """Train and validate every epoch; write best.pt, last.pt, config.yaml and metrics.csv."""
-    _logging(quiet)
+    setup_logging(quiet)
 
     def work() -> dict[str, Any]:
         if out is not None and not out.strip():
@@ -161,114 +136,14 @@ def train(
             typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; resume with: {again}", err=True)
             raise typer.Exit(128 + stop.signum) from None
 
-    metrics = _run(work)
+    metrics = run(work)
     typer.echo(
         f"best val_acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) -> {metrics['out_dir']}/best.pt"
     )
 
 
-@app.command("eval")
-def eval_(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
-    split: str = typer.Option("test", "--split", help="test | val | train."),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", help="Where the dataset lives (image_folder: the split's folder)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
-    report: Path | None = typer.Option(
-        None,
-        "--report",
-        metavar="PATH",
-        help="Write the JSON report here [default: beside the checkpoint, <name>.eval.json for the test split, "
-        "<name>.eval_<split>.json for the others]. An earlier report of the same checkpoint and split is replaced "
-        "(eval's own output, made again by running eval); any other file is refused.",
-    ),
-    no_report: bool = typer.Option(False, "--no-report", help="Write no report file."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Loss, accuracy and per-class accuracy of a checkpoint on a split of its dataset; saved as a JSON report."""
-    _logging(as_json)
-
-    def work() -> tuple[dict[str, Any], Path | None]:
-        if report is not None and no_report:
-            raise UserError("--report and --no-report: give one of them")
-        from .evaluation import check_report, evaluate_checkpoint, report_path
-
-        path = None if no_report else report or report_path(ckpt, split)
-        if path is not None:  # before any work: a file that is not an earlier report is refused
-            check_report(path, ckpt, split, asked=report is not None)
-        progress = not as_json and sys.stderr.isatty()
-        return evaluate_checkpoint(ckpt, split, data_root, device, progress=progress), path
-
-    res, path = _run(work)
-    if as_json:
-        typer.echo(json.dumps(res))
-    else:
-        typer.echo(
-            f"{res['dataset']} {res['split']}: accuracy {res['accuracy']:.4f}  loss {res['loss']:.4f}  n {res['n']}"
-        )
-        for name, acc in res["per_class"].items():
-            typer.echo(f"  {name:>20}  {acc:.4f}")
-    if path is not None:
-        from .evaluation import write_report
-
-        if _run(lambda: write_report(res, path, asked=report is not None)) and not as_json:
-            typer.echo(f"report: {path}")
-
-
-@app.command()
-def predict(
-    images: list[str] = typer.Argument(
-        ...,
-        metavar="IMAGE",
-        help="Image files (PNG, JPEG, ...), folders (searched with their sub-folders for image files) or patterns "
-        "such as 'photos/*.jpg'.",
-    ),
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
-    topk: int = typer.Option(3, "--topk", help="How many classes to list per image."),
-    preprocess: str = typer.Option("auto", "--preprocess", help="auto | mnist | none: how images are prepared."),
-    show_input: Path | None = typer.Option(None, "--show-input", help="Save what the network saw, as PNG, here."),
-    output: Path | None = typer.Option(
-        None,
-        "--output",
-        metavar="FILE",
-        help="Write one row per image into a new FILE.csv or FILE.jsonl (an existing file is never replaced).",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
-) -> None:
-    """Predicted class and top-k probabilities for each image, from the checkpoint alone."""
-
-    def work() -> list[dict[str, Any]]:
-        if output is not None and as_json:
-            raise UserError("--json and --output: give one of them (--output FILE.jsonl writes the JSON lines)")
-        from .prediction import check_output, predict_images, write_output
-
-        target = None if output is None else check_output(output)  # before any work: a refusal costs nothing
-        results = predict_images(images, ckpt, topk, preprocess, show_input)
-        if target is not None:
-            write_output(results, target)
-        return results
-
-    results = _run(work)
-    if output is not None:
-        typer.echo(f"wrote {len(results)} row(s) to {output}")
-    for res in results:
-        if "error" in res:
-            typer.echo(f"error: {res['error']}", err=True)
-        elif output is not None:
-            continue
-        elif as_json:
-            typer.echo(json.dumps(res))
-        else:
-            top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in res["topk"])
-            seen = f"  input: {res['input_png']}" if "input_png" in res else ""
-            typer.echo(
-                f"{res['path']}: {res['label']} (index {res['index']}, p={res['probability']:.3f})  top: {top}{seen}"
-            )
-    failed = sum("error" in r for r in results)
-    if failed:
-        typer.echo(f"error: {failed} of {len(results)} image(s) could not be predicted", err=True)
-        raise typer.Exit(2)
+app.command("eval")(cli_use.eval_)
+app.command()(cli_use.predict)
 
 
 def _bare_resume(args: list[str]) -> list[str]:

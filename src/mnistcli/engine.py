@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,9 +48,11 @@ def train_one_epoch(
     progress: Display | bool = False,
     partial: dict[str, Any] | None = None,
     max_batches: int | None = None,
+    on_step: Callable[[int, int, torch.Tensor, torch.Tensor, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train one pass over `batches` (continuing `partial` sums after a resume); stops early when setup.stop is set
-    or after `max_batches` steps in all (train.max_steps). Also returns the learning rate's mean and peak."""
+    or after `max_batches` steps in all (train.max_steps). Also returns the learning rate's mean and peak.
+    `on_step(epoch, batch, inputs, loss, lr)` follows each step that trained (TensorBoard's step scalars)."""
     model.train()
     done = {"loss_sum": 0.0, "correct": 0, "seen": 0, "batches": 0, "lr_sum": 0.0, "lr_max": 0.0, **(partial or {})}
     loss_sum = torch.tensor(done["loss_sum"], dtype=torch.float64, device=device)
@@ -70,6 +72,8 @@ def train_one_epoch(
             loss_sum += loss.detach().double() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
+            if on_step is not None:
+                on_step(epoch, step, x, loss.detach(), lr)
         if setup.stop.is_set():
             stopped = True
             break

@@ -34,6 +34,7 @@ from .runfolder import claimed
 from .runs import BEST, INTERRUPTED, LAST, append_metrics, run_dir, start_metrics, write_config
 from .runstate import Run, build_run_model, new_run, unfreeze
 from .runtime import fast_math, keep_freed_memory, resolve_device, run_versions, seed_everything
+from .runviews import RunViews
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,21 @@ def _fit(cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, progr
     if ckpt is not None:
         restore(run, ckpt)
     write_config(out, cfg)
+    views = RunViews(out, spec, cfg.train.tensorboard, cfg.train.tensorboard_every, run.schedule.steps)
+    views.model = model if cfg.train.tensorboard else None
+    summary: dict[str, Any] = {}
     with _stop_on_signals(run.setup.stop) as received:
         n_train, n_val = (b.dataset_size for b in batches)
         log.info(
             "%s: %s on %s, %d train / %d val images, %d classes -> %s",
             *(cfg.name, cfg.model.name, device, n_train, n_val, len(classes), out),
         )
-        return _loop(run, progress, received)
+        try:
+            summary = _loop(run, progress, received, views)
+            return summary
+        finally:  # hparams only for a run that ended; event files are closed either way
+            final = {k: summary[k] for k in ("best_val_acc", "best_epoch")} if summary else {}
+            views.close(cfg.to_dict(), final)
 
 
 @contextlib.contextmanager
@@ -162,7 +171,7 @@ def _checkpoint(run: Run, epoch: int, resume: dict[str, Any] | None) -> dict[str
     )
 
 
-def _loop(run: Run, progress: Display | bool, received: list[int]) -> dict[str, Any]:
+def _loop(run: Run, progress: Display | bool, received: list[int], views: RunViews) -> dict[str, Any]:
     """The epochs: train, validate, log, checkpoint; a stop (in training or validation) writes interrupted.pt."""
     cfg = run.cfg
     start_metrics(run.out, run.rows, run.versions)
@@ -171,8 +180,9 @@ def _loop(run: Run, progress: Display | bool, received: list[int]) -> dict[str, 
             unfreeze(run)
         start, order_before = time.perf_counter(), run.train_batches.state()
         budget = _steps_left(run, epoch)
+        on_step = views.step if views.tb is not None else None
         tr = train_one_epoch(
-            run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial, budget
+            run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial, budget, on_step
         )
         run.partial = None
         va = None if tr["stopped"] else _validate(run, epoch, progress)
@@ -193,6 +203,7 @@ def _loop(run: Run, progress: Display | bool, received: list[int]) -> dict[str, 
             "seconds": time.perf_counter() - start,
         }
         _end_epoch(run, row, va["per_class"])
+        views.epoch(row)
         if budget is not None and tr["partial"]["batches"] >= budget:
             log.info("train.max_steps %d reached in epoch %d: the run ends here", cfg.train.max_steps, epoch)
             break
