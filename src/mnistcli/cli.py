@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from . import cli_use
+from . import cli_tools, cli_use
 from .clirun import run, setup_logging
 from .errors import Terminated, UserError
 
@@ -31,6 +31,7 @@ SHORTCUTS = {
     "--batch-size": "data.batch_size",
     "--lr": "optimizer.lr",
     "--device": "train.device",
+    "--tensorboard": "train.tensorboard",
 }
 
 
@@ -114,15 +115,19 @@ def train(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the earlier run's files in the run folder (and nothing else)."
     ),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Same as --set train.tensorboard=true: event files in the run folder."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ) -> None:
-    """Train and validate every epoch; write best.pt, last.pt, config.yaml and metrics.csv."""
+    """Train and validate every epoch; write best.pt, last.pt, config.yaml, metrics.csv and curves.png."""
     setup_logging(quiet)
 
     def work() -> dict[str, Any]:
         if out is not None and not out.strip():
             raise UserError("--out: the folder name is empty; give a folder, e.g. --out runs/try1")
         given = {"--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--device": device}
+        given["--tensorboard"] = True if tensorboard else None
         sets = list(set_ or []) + _shortcuts(list(set_ or []), given)
         from .training import TrainingInterrupted
         from .training import train as run_train
@@ -144,6 +149,9 @@ def train(
 
 app.command("eval")(cli_use.eval_)
 app.command()(cli_use.predict)
+app.command()(cli_tools.plot)
+app.command()(cli_tools.sweep)
+app.add_typer(cli_tools.data_app, name="data")
 
 
 def _bare_resume(args: list[str]) -> list[str]:

@@ -1,0 +1,113 @@
+"""The commands around training: `plot` (curves of runs, torch-free), `sweep` (a grid of runs) and `data show|audit`
+(look at the data before training on it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .clirun import run, setup_logging
+from .errors import UserError
+
+data_app = typer.Typer(help="Look at a config's data before training on it.", no_args_is_help=True)
+
+
+def plot(
+    runs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run folders (each holds a metrics.csv)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        metavar="FILE",
+        help="PNG to write [default: curves.png in the run folder for one run; ./curves.png for several, which "
+        "must not exist yet].",
+    ),
+) -> None:
+    """Draw the loss, accuracy and learning-rate curves of one or several runs on shared axes."""
+
+    def work() -> Path:
+        from .plots import save_curves
+
+        target = out or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
+        if out is None and len(runs) > 1 and target.exists():
+            raise UserError(f"{target} exists and is not a run's own file; give --out FILE")
+        for folder in runs:
+            if not (folder / "metrics.csv").is_file():
+                raise UserError(f"{folder}: no metrics.csv here; give run folders written by `mnistcli train`")
+        return save_curves(list(runs), target)
+
+    typer.echo(f"wrote {run(work)}")
+
+
+def sweep(
+    config: Path = typer.Argument(..., help="YAML experiment config."),
+    grid: list[str] = typer.Option(
+        ..., "--grid", metavar="KEY=[V1,V2,...]", help="A key and the values to try; repeatable: every combination."
+    ),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a key in every run."),
+    out: Path | None = typer.Option(None, "--out", help="Sweep folder [default: sweeps/<config name>]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-epoch lines."),
+) -> None:
+    """Train every combination of the grid, each in its own run folder; write sweep.csv, best first. Re-running the
+    same command skips finished runs and resumes an interrupted one."""
+    setup_logging(quiet)
+
+    def work() -> dict[str, Any]:
+        from .progress import resolve
+        from .sweep import parse_grid, run_sweep
+
+        return run_sweep(config, parse_grid(grid), list(set_ or []), out, progress=resolve(None, quiet))
+
+    res = run(work)
+    rows = res["rows"]
+    keys = [k for k in rows[0] if k not in ("run", "best_val_acc", "best_val_loss", "epochs", "seconds")]
+    typer.echo("  ".join([*keys, "best_val_acc", "best_val_loss", "epochs", "seconds", "run"]))
+    for row in rows:
+        cells = [str(row[k]) for k in keys]
+        cells += [f"{row['best_val_acc']:.4f}", f"{row['best_val_loss']:.4f}", str(row["epochs"])]
+        typer.echo("  ".join([*cells, f"{row['seconds']:.1f}", str(row["run"])]))
+    typer.echo(f"best: {res['best_checkpoint']}")
+
+
+@data_app.command("show")
+def data_show(
+    config: Path = typer.Argument(..., help="YAML experiment config."),
+    split: str = typer.Option("train", "--split", help="train | val | test."),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
+    out: Path | None = typer.Option(
+        None, "--out", metavar="FILE", help="PNG to write (a new file) [default: <config>_<split>_samples.png]."
+    ),
+) -> None:
+    """Save a grid of samples as the network sees them (after training augmentation), with their labels, and print
+    the class counts per split."""
+    setup_logging(False)
+
+    def work() -> dict[str, Any]:
+        from .datatools import show_data
+
+        return show_data(config, list(set_ or []), split, out)
+
+    res = run(work)
+    for name, counts in res["counts"].items():
+        typer.echo(f"{name}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    typer.echo(f"wrote {res['out']}")
+
+
+@data_app.command("audit")
+def data_audit(
+    config: Path = typer.Argument(..., help="YAML experiment config."),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Class counts, image sizes and modes, unreadable files, and exact duplicates within and across splits."""
+    setup_logging(as_json)
+
+    def work() -> dict[str, Any]:
+        from .datatools import audit_data
+
+        return audit_data(config, list(set_ or []))
+
+    res = run(work)
+    typer.echo(json.dumps(res, indent=None if as_json else 2, default=str))
