@@ -19,7 +19,7 @@ from .families import build_model, upgrade_arch
 from .safeload import read_tensors
 
 FORMAT = "mnistcli"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: may hold `temperature` (probabilities are softmax(output / temperature))
 INFO_KEYS = ("classes", "input_spec", "metrics", "epoch", "arch", "config", "versions")
 
 
@@ -164,7 +164,7 @@ def _check_format(ckpt: Any, path: Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a checkpoint alone, in eval mode on `device`; info holds classes, the typed input
-    spec, metrics."""
+    spec, metrics, and `temperature` (1.0 unless the checkpoint was calibrated)."""
     from .inputspec import InputSpec
 
     ckpt = load_checkpoint(path)
@@ -177,7 +177,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             f"{path}: the checkpoint's architecture and weights do not fit ({str(exc).splitlines()[0][:160]})"
         ) from None
     model.to(device).eval()
-    return model, {**{k: ckpt.get(k) for k in INFO_KEYS}, "input_spec": spec}
+    temperature = float(ckpt.get("temperature", 1.0))
+    return model, {**{k: ckpt.get(k) for k in INFO_KEYS}, "input_spec": spec, "temperature": temperature}
 
 
 def outputs_log_probs(arch: dict[str, Any]) -> bool:

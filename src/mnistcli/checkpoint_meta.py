@@ -55,8 +55,16 @@ def metadata_problem(ckpt: dict[str, Any]) -> str | None:
         _classes_problem(ckpt.get("classes"))
         or _spec_problem(ckpt.get("input_spec"))
         or _arch_problem(ckpt.get("arch"))
+        or _temperature_problem(ckpt)
         or _weights_problem(ckpt)
     )
+
+
+def _temperature_problem(ckpt: dict[str, Any]) -> str | None:
+    """The calibration temperature, when present: a finite number > 0 (outputs are divided by it)."""
+    if "temperature" not in ckpt or (_is_number(ckpt["temperature"]) and ckpt["temperature"] > 0):
+        return None
+    return f"temperature is {ckpt['temperature']!r}; must be a number > 0"
 
 
 def _ruled(field: str, value: Any, key: str, typed: Callable[[Any], bool]) -> str | None:

@@ -141,6 +141,8 @@ class TrainConfig:
     unfreeze_at_epoch: int | None = None  # backbones: unfreeze from this epoch (1-based)
     on_nan: Literal["stop", "skip"] = "stop"  # what a non-finite loss does
     max_steps: int | None = None  # stop after this many optimizer steps in all (quick trials); the schedule fits it
+    tensorboard: bool = False  # write TensorBoard event files into <run folder>/tensorboard/ (mnistcli[tensorboard])
+    tensorboard_every: int = 50  # optimizer steps between the per-step loss and lr points in TensorBoard
 
 
 @dataclass

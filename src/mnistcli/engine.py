@@ -134,10 +134,13 @@ def evaluate(
     progress: Display | bool = False,
     desc: str = "eval",
     stop: threading.Event | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Loss, accuracy and per-class accuracy in eval mode, without gradients; `stopped` when `stop` was set
-    part-way (the sums are then incomplete)."""
+    part-way (the sums are then incomplete). `keep`: also every image's float output (`outputs`, N x classes) and
+    label (`targets`), gathered on the device and moved to the CPU once at the end."""
     model.eval()
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     hits = torch.zeros(num_classes, dtype=torch.int64, device=device)
     totals = torch.zeros(num_classes, dtype=torch.int64, device=device)
@@ -148,10 +151,20 @@ def evaluate(
         loss_sum += loss_fn(out.float(), y).double() * len(y)
         totals += torch.bincount(y, minlength=num_classes)
         hits += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
+        if keep:
+            kept.append((out.float(), y))
         if stop is not None and stop.is_set():
             return {"stopped": True}
     n = int(totals.sum().item())
+    kept_out = _gathered(kept, num_classes) if keep else {}
     if n == 0:
-        return {"loss": math.nan, "accuracy": math.nan, "n": 0, "per_class": [math.nan] * num_classes}
+        return {"loss": math.nan, "accuracy": math.nan, "n": 0, "per_class": [math.nan] * num_classes, **kept_out}
     per_class = [h / t if t else math.nan for h, t in zip(hits.tolist(), totals.tolist())]
-    return {"loss": loss_sum.item() / n, "accuracy": hits.sum().item() / n, "n": n, "per_class": per_class}
+    return {"loss": loss_sum.item() / n, "accuracy": hits.sum().item() / n, "n": n, "per_class": per_class, **kept_out}
+
+
+def _gathered(kept: list[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> dict[str, torch.Tensor]:
+    """The kept outputs and labels, concatenated where they are and copied to the CPU in one transfer each."""
+    if not kept:
+        return {"outputs": torch.empty(0, num_classes), "targets": torch.empty(0, dtype=torch.int64)}
+    return {"outputs": torch.cat([o for o, _ in kept]).cpu(), "targets": torch.cat([y for _, y in kept]).cpu()}

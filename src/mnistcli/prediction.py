@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_model, outputs_log_probs
+from .checkpoint import load_model
 from .errors import UserError
 from .imagefolder import IMAGE_EXTENSIONS
 from .inputspec import InputSpec
@@ -62,7 +62,8 @@ def predict_images(
             chunk = ready[start : start + BATCH]
             x = network_input(torch.stack([px for _, px in chunk]).to(dev), spec)
             out = model(x).float()
-            probs = out.exp() if outputs_log_probs(info["arch"]) else out.softmax(1)
+            # calibrated: softmax(output / T); for log-softmax models softmax(log p / T) is p^(1/T) renormalised
+            probs = (out / info["temperature"]).softmax(1)
             top_p, top_i = probs.topk(k, dim=1)
             for (slot, _), p_row, i_row in zip(chunk, top_p.tolist(), top_i.tolist()):
                 top = [{"label": classes[i], "index": i, "probability": p} for p, i in zip(p_row, i_row)]

@@ -6,20 +6,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
-from .runs import BEST, CONFIG, INTERRUPTED, LAST, LOCK, METRICS, OWN_FILES, OWNER, write_atomic
+from .runs import BEST, CONFIG, CURVES, INTERRUPTED, LAST, LOCK, METRICS, OWN_FILES, OWNER, TENSORBOARD, write_atomic
 
 log = logging.getLogger(__name__)
 
 
 def _ours(name: str) -> bool:
     """Files a run writes (or leaves while writing) in its folder, `eval` reports included."""
-    return name in OWN_FILES or _is_report(name) or (name.startswith(".") and name.endswith(".tmp"))
+    return name in (*OWN_FILES, TENSORBOARD) or _is_report(name) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _is_report(name: str) -> bool:
@@ -64,7 +65,7 @@ def check_out_dir(out: Path, run_id: str | None, resumed_from: Path | None, over
         return True
     if overwrite:
         return True
-    abandoned = owner is not None and set(names) <= {OWNER, CONFIG, METRICS} and not _has_rows(out)
+    abandoned = owner is not None and set(names) <= {OWNER, CONFIG, METRICS, CURVES, TENSORBOARD} and not _has_rows(out)
     if abandoned:  # a run stopped before its first epoch ended: nothing in it worth keeping
         return True
     raise UserError(f"{_describe(out, names)}; pass --overwrite to replace it, or --out DIR for a new folder")
@@ -96,10 +97,11 @@ def start_run_dir(out: Path, run_id: str, replace: bool) -> None:
     """Take the (locked, checked) folder for run `run_id`: stale temporaries go, replaced files go, the owner
     marker records the run."""
     clean_temp_files(out)
-    if replace:  # reports of the replaced checkpoints go too: they would describe weights no longer there
-        for path in [*(out / n for n in (BEST, LAST, INTERRUPTED, CONFIG, METRICS)), *out.glob("*.eval*.json")]:
+    if replace:  # reports and event files of the replaced run go too: they describe weights no longer there
+        for path in [*(out / n for n in OWN_FILES if n != OWNER), *out.glob("*.eval*.json")]:
             if path.name in OWN_FILES or _is_report(path.name):
                 path.unlink(missing_ok=True)
+        shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
     write_atomic(out / OWNER, f"{run_id}\n")
 
 
@@ -185,6 +187,7 @@ def _remove_unused(out: Path, created: list[Path]) -> None:
         return
     for name in (CONFIG, METRICS, OWNER):
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / TENSORBOARD, ignore_errors=True)  # event files of a run that never finished an epoch
     clean_temp_files(out)
     for folder in created:
         try:

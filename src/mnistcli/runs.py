@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 BEST, LAST, INTERRUPTED = "best.pt", "last.pt", "interrupted.pt"  # eval/predict; end of epoch; mid-epoch stop
 CONFIG, METRICS = "config.yaml", "metrics.csv"
 OWNER, LOCK = ".mnistcli-run", ".mnistcli.lock"  # the id of the run a folder belongs to; held while one trains
-OWN_FILES = (BEST, LAST, INTERRUPTED, CONFIG, METRICS, OWNER)
+CURVES, TENSORBOARD = "curves.png", "tensorboard"  # redrawn every epoch; event files (train.tensorboard)
+OWN_FILES = (BEST, LAST, INTERRUPTED, CONFIG, METRICS, OWNER, CURVES)
 # train_loss: the objective as optimised (label smoothing included); val_loss: plain cross-entropy, as `eval`
 # reports it; lr_mean, lr_max: the learning rate over the epoch's steps (a schedule moves it within an epoch)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr_mean", "lr_max", "seconds"]

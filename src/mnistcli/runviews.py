@@ -12,10 +12,9 @@ from torch import nn
 
 from .errors import UserError
 from .inputspec import InputSpec
+from .runs import CURVES
 
 log = logging.getLogger(__name__)
-
-CURVES = "curves.png"
 
 
 class RunViews:
@@ -37,7 +36,7 @@ class RunViews:
         if self.tb is None:
             return
         self.tb.step((epoch - 1) * self.steps_per_epoch + batch, loss, lr)
-        if batch == 1:
+        if batch == 1 and epoch == 1:  # the first augmented batch: a grid per epoch would grow the files fast
             self.tb.inputs(x, self.spec, epoch)
         if self.model is not None:
             model, self.model = self.model, None

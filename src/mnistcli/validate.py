@@ -121,6 +121,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "scheduler.pct_start": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.max_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "train.tensorboard_every": (lambda v: v >= 1, "an integer >= 1 (optimizer steps)"),
     "train.grad_clip": (lambda v: v > 0, "a number > 0"),
     "train.unfreeze_at_epoch": (lambda v: v >= 1, "an integer >= 1"),
     "output.dir": (lambda v: v.strip() != "", "a folder path (leave it unset for checkpoints/<name>)"),
