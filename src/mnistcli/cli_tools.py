@@ -79,6 +79,7 @@ def data_show(
     out: Path | None = typer.Option(
         None, "--out", metavar="FILE", help="PNG to write (a new file) [default: <config>_<split>_samples.png]."
     ),
+    images: int = typer.Option(64, "--images", metavar="N", min=1, help="How many samples to show."),
 ) -> None:
     """Save a grid of samples as the network sees them (after training augmentation), with their labels, and print
     the class counts per split."""
@@ -87,7 +88,7 @@ def data_show(
     def work() -> dict[str, Any]:
         from .datatools import show_data
 
-        return show_data(config, list(set_ or []), split, out)
+        return show_data(config, list(set_ or []), split, out, n=images)
 
     res = run(work)
     for name, counts in res["counts"].items():
