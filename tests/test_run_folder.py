@@ -134,7 +134,15 @@ def test_leftover_temporary_files_are_cleaned(tmp_path: Path) -> None:
     (tmp_path / "run" / ".user-notes.tmp").write_text("mine")  # not a name mnistcli writes: kept
     train(BASE, ["train.epochs=2"], out=tmp_path / "run", resume="last")
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == [".mnistcli-run", ".user-notes.tmp", "best.pt", "config.yaml", "last.pt", "metrics.csv"]
+    assert names == [
+        ".mnistcli-run",
+        ".user-notes.tmp",
+        "best.pt",
+        "config.yaml",
+        "curves.png",
+        "last.pt",
+        "metrics.csv",
+    ]
 
 
 def test_resume_repairs_a_best_pt_a_kill_left_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -90,6 +90,19 @@ def test_a_2x2_sweep_trains_4_runs_ranked_in_sweep_csv_and_a_rerun_keeps_them(tm
     )
     assert mtimes(out) == before and table(out) == rows
 
+    # a changed grid: the runs it still names are kept, a new value adds a run, the others stay as they were
+    changed = run_sweep(SMOKE, {"optimizer.lr": [0.01, 0.0001], "data.batch_size": [32]}, SMALL, out)
+    new = "data.batch_size=32,optimizer.lr=0.0001"
+    assert (
+        sorted(r["run"] for r in table(out))
+        == sorted(r["run"] for r in changed["rows"])
+        == [
+            "data.batch_size=32,optimizer.lr=0.0001",
+            "data.batch_size=32,optimizer.lr=0.01",
+        ]
+    )
+    assert {k: v for k, v in mtimes(out).items() if k != new} == before
+
 
 def test_a_bad_value_in_one_combination_is_refused_before_any_run_starts(tmp_path: Path) -> None:
     out = tmp_path / "sweep"

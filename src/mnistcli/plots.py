@@ -19,7 +19,6 @@ from .extras import require
 from .metrics import calibration_bins, expected_calibration_error
 from .runs import METRICS, read_metrics, write_error
 
-CURVES = "curves.png"  # kept up to date in the run folder after every epoch
 DPI = 100
 MANY_CLASSES = 20  # above this a confusion matrix shows shades only: counts would not fit in the cells
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr_mean", "lr_max")
@@ -182,11 +181,6 @@ def _line(style: str, markers: bool, hollow: bool = False, **kwargs: Any) -> Any
 def save_curves(runs: list[Path], out: Path) -> Path:
     """Draw the training curves of one or more run folders (their metrics.csv) into the PNG file `out`."""
     return save_figure(curves_figure([Path(r) for r in runs]), out)
-
-
-def default_curves_out(runs: list[Path]) -> Path:
-    """Where `mnistcli plot` writes without --out: curves.png in the run folder, or here for several runs."""
-    return Path(runs[0]) / CURVES if len(runs) == 1 else Path(CURVES)
 
 
 # ---- evaluation pictures ----------------------------------------------------------------------------------------
