@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +58,18 @@ def sweep(
     def work() -> dict[str, Any]:
         from .progress import resolve
         from .sweep import parse_grid, run_sweep
+        from .training import TrainingInterrupted
 
-        return run_sweep(config, parse_grid(grid), list(set_ or []), out, progress=resolve(None, quiet))
+        try:
+            return run_sweep(config, parse_grid(grid), list(set_ or []), out, progress=resolve(None, quiet))
+        except TrainingInterrupted as stop:  # the run in progress left interrupted.pt; the same command goes on
+            name = signal.Signals(stop.signum).name
+            typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; run the same command again to go on", err=True)
+            raise typer.Exit(128 + stop.signum) from None
 
     res = run(work)
-    rows = res["rows"]
-    keys = [k for k in rows[0] if k not in ("run", "best_val_acc", "best_val_loss", "epochs", "seconds")]
-    typer.echo("  ".join([*keys, "best_val_acc", "best_val_loss", "epochs", "seconds", "run"]))
-    for row in rows:
-        cells = [str(row[k]) for k in keys]
-        cells += [f"{row['best_val_acc']:.4f}", f"{row['best_val_loss']:.4f}", str(row["epochs"])]
-        typer.echo("  ".join([*cells, f"{row['seconds']:.1f}", str(row["run"])]))
+    for line in res["table"]:
+        typer.echo(line)
     typer.echo(f"best: {res['best_checkpoint']}")
 
 

@@ -210,7 +210,7 @@ def _train(
         if run.state == "finished":
             continue
         try:
-            fit(run.cfg, progress=progress, resume="last" if run.state == "resume" else None)
+            summary = fit(run.cfg, progress=progress, resume="last" if run.state == "resume" else None)
         except (TrainingInterrupted, KeyboardInterrupt):
             log.warning(
                 "sweep stopped in run %s with %d of %d runs finished (%s); run the same command again to go on",
@@ -221,6 +221,9 @@ def _train(
             raise UserError(f"sweep run {run.name}: {exc}") from None
         results[run.name] = _outcome(root / run.name / LAST) or {}
         _write_table(root, keys, runs, results)
+        if summary.get("stopped") and i < len(runs):  # the stop came as this run's last epoch ended
+            log.warning("sweep stopped after run %s; run the same command again to go on", run.name)
+            raise TrainingInterrupted(root / run.name / LAST, summary["stopped"])
 
 
 def _prepare(run: SweepRun, recorded: dict[str, int], results: dict[str, dict[str, Any]]) -> list[str]:

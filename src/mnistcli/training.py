@@ -208,9 +208,11 @@ def _loop(run: Run, progress: Display | bool, received: list[int], views: RunVie
             log.info("train.max_steps %d reached in epoch %d: the run ends here", cfg.train.max_steps, epoch)
             break
     (run.out / INTERRUPTED).unlink(missing_ok=True)  # the run is complete: nothing left to resume
-    if run.setup.stop.is_set():
+    summary = _summary(run)
+    if run.setup.stop.is_set():  # said in the summary, so a sweep does not start its next run
         log.warning("the stop came as the last epoch ended: the run is complete")
-    return _summary(run)
+        summary["stopped"] = received[0] if received else signal.SIGINT
+    return summary
 
 
 def _steps_left(run: Run, epoch: int) -> int | None:
