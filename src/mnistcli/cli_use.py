@@ -14,7 +14,9 @@ from .errors import UserError
 
 
 def eval_(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
+    ckpt: list[Path] = typer.Option(
+        ..., "--ckpt", help="Checkpoint written by `mnistcli train`; give it twice to compare two on the same images."
+    ),
     split: str = typer.Option("test", "--split", help="test | val | train."),
     data_root: Path | None = typer.Option(
         None, "--data-root", help="Where the dataset lives (image_folder: the split's folder)."
@@ -29,36 +31,147 @@ def eval_(
         "(eval's own output, made again by running eval); any other file is refused.",
     ),
     no_report: bool = typer.Option(False, "--no-report", help="Write no report file."),
+    plots: Path | None = typer.Option(
+        None, "--plots", metavar="DIR", help="Save confusion_matrix.png, mistakes.png and reliability.png into DIR."
+    ),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="First fit a temperature on the validation split and store it in the checkpoint; eval and predict "
+        "then report calibrated probabilities.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Loss, accuracy and per-class accuracy of a checkpoint on a split of its dataset; saved as a JSON report."""
+    """Accuracy (with its 95% interval), loss, per-class precision/recall/F1, the confusion matrix and the
+    calibration error of a checkpoint on a split of its dataset; saved as a JSON report."""
     setup_logging(as_json)
+    if len(ckpt) > 1:
+        _compare(ckpt, split, data_root, device, as_json)
+        return
 
     def work() -> tuple[dict[str, Any], Path | None]:
         if report is not None and no_report:
             raise UserError("--report and --no-report: give one of them")
-        from .evaluation import check_report, evaluate_checkpoint, report_path
+        from .evaluation import check_report, report_path
 
-        path = None if no_report else report or report_path(ckpt, split)
+        path = None if no_report else report or report_path(ckpt[0], split)
         if path is not None:  # before any work: a file that is not an earlier report is refused
-            check_report(path, ckpt, split, asked=report is not None)
-        progress = not as_json and sys.stderr.isatty()
-        return evaluate_checkpoint(ckpt, split, data_root, device, progress=progress), path
+            check_report(path, ckpt[0], split, asked=report is not None)
+        if plots is not None:
+            _check_plots(plots)
+        if calibrate:
+            _calibrate(ckpt[0], data_root, device, as_json)
+        return _evaluate(ckpt[0], split, data_root, device, plots, not as_json and sys.stderr.isatty()), path
 
     res, path = run(work)
     if as_json:
         typer.echo(json.dumps(res))
     else:
-        typer.echo(
-            f"{res['dataset']} {res['split']}: accuracy {res['accuracy']:.4f}  loss {res['loss']:.4f}  n {res['n']}"
-        )
-        for name, acc in res["per_class"].items():
-            typer.echo(f"  {name:>20}  {acc:.4f}")
+        for line in report_lines(res):
+            typer.echo(line)
     if path is not None:
         from .evaluation import write_report
 
         if run(lambda: write_report(res, path, asked=report is not None)) and not as_json:
             typer.echo(f"report: {path}")
+
+
+PICTURES = ("confusion_matrix.png", "mistakes.png", "reliability.png")
+
+
+def _check_plots(folder: Path) -> None:
+    """--plots DIR: a folder whose pictures of these names do not exist yet (nothing is ever replaced)."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--plots {folder}: is a file, not a folder")
+    taken = [name for name in PICTURES if (folder / name).exists()]
+    if taken:
+        raise UserError(f"--plots {folder}: {', '.join(taken)} exist already and are never replaced; give a new DIR")
+
+
+def _calibrate(ckpt: Path, data_root: Path | None, device: str, quiet: bool) -> None:
+    """Fit and store the temperature, saying what it changed on the validation split."""
+    from .calibration import calibrate_checkpoint
+
+    res = calibrate_checkpoint(ckpt, data_root, device)
+    if not quiet:
+        before, after = res["before"], res["after"]
+        typer.echo(
+            f"calibrated on {res['n']} validation images: temperature {res['temperature']:.4g}  "
+            f"ECE {before['ece']:.4f} -> {after['ece']:.4f}  NLL {before['nll']:.4f} -> {after['nll']:.4f}"
+        )
+
+
+def _evaluate(ckpt: Path, split: str, data_root: Path | None, device: str, plots: Path | None, bar: bool) -> dict:
+    """The report; with `plots`, also the confusion matrix, the most confident mistakes and the reliability
+    diagram as PNGs."""
+    import numpy as np
+
+    from .evaluation import eval_details, mistake_images
+
+    details = eval_details(ckpt, split, data_root, device, progress=bar)
+    if plots is None:
+        return details.report
+    from .plots import save_confusion_matrix, save_mistakes, save_reliability
+
+    plots.mkdir(parents=True, exist_ok=True)
+    res, classes = details.report, details.classes
+    save_confusion_matrix(np.asarray(res["confusion_matrix"]), classes, plots / PICTURES[0])
+    worst = details.mistakes
+    save_mistakes(
+        mistake_images(details.split, worst),
+        [classes[i] for i in details.true[worst]],
+        [classes[i] for i in details.predicted[worst]],
+        [float(p) for p in details.confidences[worst]],
+        plots / PICTURES[1],
+    )
+    save_reliability(details.confidences, details.correct, plots / PICTURES[2])
+    return {**res, "plots": [str(plots / name) for name in PICTURES]}
+
+
+def report_lines(res: dict[str, Any]) -> list[str]:
+    """eval's report as aligned text: the headline, a per-class table with averages, the confusion matrix."""
+    lo, hi = res["accuracy_ci95"]
+    lines = [
+        f"{res['dataset']} {res['split']}: accuracy {res['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f})  "
+        f"loss {res['loss']:.4f}  ECE {res['ece']:.4f}  n {res['n']}"
+        + (f"  temperature {res['temperature']:.4g}" if res.get("temperature", 1.0) != 1.0 else ""),
+        f"  {'class':>20}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}",
+    ]
+    rows = [*res["per_class_metrics"].items(), ("macro avg", res["macro"]), ("weighted avg", res["weighted"])]
+    for name, m in rows:
+        name = name if len(name) <= 20 else name[:19] + "…"
+        lines.append(
+            f"  {name:>20}  {m['precision']:>9.4f}  {m['recall']:>6.4f}  {m['f1']:>6.4f}  "
+            f"{int(m.get('support', res['n'])):>7}"  # the averages are over all n images
+        )
+    matrix = res["confusion_matrix"]
+    if len(matrix) <= 20:  # wider than a terminal beyond that: the JSON report holds it
+        width = max(5, len(str(max(max(row) for row in matrix))) + 1)
+        lines.append("  confusion matrix (rows: true class, columns: predicted, in class order)")
+        lines += ["  " + "".join(f"{v:>{width}}" for v in row) for row in matrix]
+    for path in res.get("plots", []):
+        lines.append(f"  plot: {path}")
+    return lines
+
+
+def _compare(ckpts: list[Path], split: str, data_root: Path | None, device: str, as_json: bool) -> None:
+    """Two checkpoints on the same images: accuracies, disagreements, McNemar's exact test."""
+
+    def work() -> dict[str, Any]:
+        if len(ckpts) != 2:
+            raise UserError(f"--ckpt: give one checkpoint, or two to compare; got {len(ckpts)}")
+        from .evaluation import compare_checkpoints
+
+        return compare_checkpoints(ckpts[0], ckpts[1], split, data_root, device)
+
+    res = run(work)
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    typer.echo(f"{res['dataset']} {res['split']}, {res['n']} images:")
+    typer.echo(f"  A {res['a']}: accuracy {res['accuracy_a']:.4f}; right where B is wrong: {res['only_a']}")
+    typer.echo(f"  B {res['b']}: accuracy {res['accuracy_b']:.4f}; right where A is wrong: {res['only_b']}")
+    typer.echo(f"  McNemar exact p = {res['p_value']:.3g}: {res['verdict']}")
 
 
 def predict(
