@@ -4,6 +4,7 @@ files when `train.tensorboard` is on. Drawing never stops a run: a failure is on
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ class RunViews:
     def __init__(self, out: Path, spec: InputSpec, tensorboard: bool, every: int, steps_per_epoch: int) -> None:
         self.out, self.spec, self.steps_per_epoch = out, spec, steps_per_epoch
         self.curves = True  # off after the first failure (no matplotlib: said once)
+        self.drawn_at, self.draw_seconds, self.pending = 0.0, 0.0, False  # perf_counter s; last drawing's cost
         self.tb = None
         if tensorboard:  # asked for: a missing extra is an error before any work, not a warning
             from .tboard import TensorBoardLog
@@ -47,11 +49,21 @@ class RunViews:
             model.train(training)
 
     def epoch(self, row: dict[str, Any]) -> None:
-        """After each epoch (metrics.csv has its row): redraw curves.png, log the epoch's scalars."""
+        """After each epoch (metrics.csv has its row): redraw curves.png, log the epoch's scalars.
+
+        Epochs shorter than ten drawings (a fraction of a second on tiny data) are drawn at most every tenth of the
+        time, and at the end, so drawing never costs a run more than about 10%."""
         if self.tb is not None:
             self.tb.epoch(row)
+        self.pending = True
+        if time.perf_counter() - self.drawn_at >= 10 * self.draw_seconds:
+            self._draw()
+
+    def _draw(self) -> None:
+        """Redraw curves.png from metrics.csv."""
         if not self.curves:
             return
+        start = time.perf_counter()
         try:
             from .plots import save_curves
 
@@ -62,9 +74,14 @@ class RunViews:
         except Exception as exc:  # a drawing problem must never cost the run
             self.curves = False
             log.warning("could not draw %s (%s); training goes on", CURVES, " ".join(str(exc).split())[:160])
+        self.drawn_at = time.perf_counter()
+        self.draw_seconds, self.pending = self.drawn_at - start, False
 
     def close(self, config: dict[str, Any], summary: dict[str, Any]) -> None:
-        """At the end: the run's hyper-parameters with its final metrics (TensorBoard's HPARAMS view)."""
+        """At the end: curves.png as the run ended; the run's hyper-parameters with its final metrics (TensorBoard's
+        HPARAMS view)."""
+        if self.pending:
+            self._draw()
         if self.tb is None:
             return
         if summary:
