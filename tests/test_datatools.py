@@ -12,7 +12,8 @@ import pytest
 from conftest import digit_like, make_image_folder, write_idx
 from PIL import Image
 
-from mnistcli.datatools import audit_data, sample_figure, show_data
+from mnistcli.dataaudit import audit_data
+from mnistcli.datatools import sample_figure, show_data
 from mnistcli.errors import UserError
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

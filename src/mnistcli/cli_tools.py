@@ -108,7 +108,7 @@ def data_audit(
     setup_logging(as_json)
 
     def work() -> dict[str, Any]:
-        from .datatools import audit_data
+        from .dataaudit import audit_data
 
         return audit_data(config, list(set_ or []))
 

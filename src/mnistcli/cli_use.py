@@ -52,7 +52,7 @@ def eval_(
     def work() -> tuple[dict[str, Any], Path | None]:
         if report is not None and no_report:
             raise UserError("--report and --no-report: give one of them")
-        from .evaluation import check_report, report_path
+        from .evalreport import check_report, report_path
 
         path = None if no_report else report or report_path(ckpt[0], split)
         if path is not None:  # before any work: a file that is not an earlier report is refused
@@ -70,7 +70,7 @@ def eval_(
         for line in report_lines(res):
             typer.echo(line)
     if path is not None:
-        from .evaluation import write_report
+        from .evalreport import write_report
 
         if run(lambda: write_report(res, path, asked=report is not None)) and not as_json:
             typer.echo(f"report: {path}")
@@ -81,8 +81,9 @@ PICTURES = ("confusion_matrix.png", "mistakes.png", "reliability.png")
 
 def _check_plots(folder: Path) -> None:
     """--plots DIR: a folder whose pictures of these names do not exist yet (nothing is ever replaced)."""
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--plots {folder}: is a file, not a folder")
+    from .files import writable_folder
+
+    writable_folder(folder, "--plots")
     taken = [name for name in PICTURES if (folder / name).exists()]
     if taken:
         raise UserError(f"--plots {folder}: {', '.join(taken)} exist already and are never replaced; give a new DIR")
@@ -113,7 +114,6 @@ def _evaluate(ckpt: Path, split: str, data_root: Path | None, device: str, plots
         return details.report
     from .plots import save_confusion_matrix, save_mistakes, save_reliability
 
-    plots.mkdir(parents=True, exist_ok=True)
     res, classes = details.report, details.classes
     save_confusion_matrix(np.asarray(res["confusion_matrix"]), classes, plots / PICTURES[0])
     worst = details.mistakes

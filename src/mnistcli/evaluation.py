@@ -3,9 +3,7 @@ calibration error) on a split of the dataset it records; `compare_checkpoints`: 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,12 @@ from .errors import UserError
 from .loaders import make_batches, open_splits
 from .metrics import confusion_matrix, expected_calibration_error, mcnemar_exact, per_class, wilson_interval
 from .optim import eval_loss
-from .runs import write_atomic
 from .runtime import resolve_device
 from .subsets import part_settings, targets_of
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train")
-REPORT_KEYS = frozenset({"checkpoint", "dataset", "split", "n", "accuracy", "loss", "per_class"})
 ECE_BINS = 15
 MISTAKES = 25  # the most confident mistakes eval_details locates in the split, for a picture of them
 SIGNIFICANCE = 0.05  # McNemar p-value below which compare_checkpoints names the better checkpoint
@@ -250,56 +246,3 @@ def _check_comparable(first: Opened, cfg: Config, info: dict[str, Any], path: st
         diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
         detail = f"{len(a)} classes vs {len(b)}" if diff is None else f"class {diff} is {a[diff]!r} vs {b[diff]!r}"
         raise UserError(f"{where}: their class lists differ ({detail})")
-
-
-def report_path(ckpt_path: str | Path, split: str) -> Path:
-    """The report's default place, beside the checkpoint: best.eval.json for test, best.eval_val.json for val..."""
-    ckpt = Path(ckpt_path)
-    return ckpt.with_name(f"{ckpt.stem}.eval.json" if split == "test" else f"{ckpt.stem}.eval_{split}.json")
-
-
-def check_report(path: Path, ckpt_path: str | Path, split: str, asked: bool) -> None:
-    """Before any work: `path` may hold only an earlier report of this checkpoint on this split (it is replaced);
-    a --report folder (`asked`) must be writable, the default one is tried when the report is written."""
-    if asked:
-        from .prediction import writable_folder
-
-        writable_folder(path.parent, "--report")
-    if not os.path.lexists(path):
-        return
-    old = _read_report(path)
-    hint = "give another --report PATH" if asked else "give --report PATH or --no-report"
-    if old is None:
-        raise UserError(f"{path}: exists and is not an mnistcli eval report; it is not replaced: {hint}")
-    if old["split"] != split or not _same_checkpoint(Path(old["checkpoint"]), Path(ckpt_path), path):
-        raise UserError(
-            f"{path}: holds the report of {old['checkpoint']} on '{old['split']}'; it is not replaced: {hint}"
-        )
-
-
-def write_report(res: dict[str, Any], path: Path, asked: bool) -> bool:
-    """Write the report atomically; when nobody asked for it (`asked` False), a failed write is only a warning."""
-    try:
-        write_atomic(path, json.dumps(res, indent=2) + "\n")
-    except UserError as exc:
-        if asked:
-            raise
-        log.warning("%s; the report is not saved (--report PATH puts it elsewhere)", exc)
-        return False
-    return True
-
-
-def _read_report(path: Path) -> dict[str, Any] | None:
-    """An eval report mnistcli wrote, or None for any other file."""
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ours = isinstance(old, dict) and REPORT_KEYS <= old.keys() and isinstance(old["checkpoint"], str)
-    return old if ours and isinstance(old["split"], str) else None
-
-
-def _same_checkpoint(before: Path, ckpt: Path, report: Path) -> bool:
-    """The report's checkpoint is this one: the same file, or the same name beside it (a moved run folder)."""
-    beside = report.parent.resolve() == ckpt.parent.resolve() and before.name == ckpt.name
-    return beside or before.resolve() == ckpt.resolve()

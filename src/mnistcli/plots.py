@@ -5,8 +5,8 @@ used: no pyplot, no global state, no window."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import io
 import math
 import os
 from pathlib import Path
@@ -16,8 +16,9 @@ import numpy as np
 
 from .errors import UserError
 from .extras import require
+from .files import write_atomic
 from .metrics import calibration_bins, expected_calibration_error
-from .runs import METRICS, read_metrics, write_error
+from .runs import METRICS, read_metrics
 
 DPI = 100
 MANY_CLASSES = 20  # above this a confusion matrix shows shades only: counts would not fit in the cells
@@ -50,14 +51,9 @@ def figure_texts(fig: Any) -> list[str]:
 def save_figure(fig: Any, out: Path) -> Path:
     """Write a figure as PNG through a temporary file and a rename: readers see the old picture or the new one."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, out)
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # the folder may be what failed
-            tmp.unlink(missing_ok=True)
-        raise write_error(out, exc) from None
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    write_atomic(out, buf.getvalue())
     return out
 
 

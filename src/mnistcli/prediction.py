@@ -15,11 +15,11 @@ import torch
 
 from .checkpoint import load_model
 from .errors import UserError
+from .files import writable_folder, write_error
 from .imagefolder import IMAGE_EXTENSIONS
 from .inputspec import InputSpec
 from .pipeline import network_input, resized_input
 from .preprocess import mode_for, open_image, prepare_pixels, save_pixels
-from .runs import write_error
 from .runtime import resolve_device
 
 BATCH = 256  # images per forward pass
@@ -161,21 +161,6 @@ def _publish(tmp: Path, path: Path) -> None:
 def input_folder(path: str | Path) -> Path:
     """The --show-input folder, created if missing; a file there, or a folder that cannot be written, is a UserError."""
     return writable_folder(Path(path), "--show-input")
-
-
-def writable_folder(folder: Path, option: str) -> Path:
-    """A folder for `option` to write into, created if missing; a file there or no write permission is a UserError."""
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{option} {folder}: is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except NotADirectoryError:
-        raise UserError(f"{option} {folder}: cannot create the folder (part of the path is a file)") from None
-    except OSError as exc:
-        raise UserError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {folder}: folder is not writable (Permission denied)")
-    return folder
 
 
 def _show(ready: list[tuple[int, torch.Tensor]], results: list[dict[str, Any]], spec: InputSpec, folder: Path) -> None:

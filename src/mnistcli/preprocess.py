@@ -6,6 +6,7 @@ Imports only PIL, numpy and torch: torchvision costs seconds to import and predi
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .datasets import DATASETS, Canvas
 from .errors import UserError, closest
+from .files import create_new
 from .inputspec import InputSpec
 
 MODES = ("auto", "mnist", "none")
@@ -265,10 +267,6 @@ def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:
     arr = pixels.detach().cpu().to(torch.uint8).permute(1, 2, 0).numpy()
     img = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))  # uint8 -> L / RGB
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    file = open(path, "xb")  # exclusive creation: an existing file, even one appearing meanwhile, is never replaced
-    try:
-        with file:
-            img.save(file, format="PNG")
-    except BaseException:
-        Path(path).unlink(missing_ok=True)  # the half-written file is the one created just above
-        raise
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    create_new(Path(path), buf.getvalue())

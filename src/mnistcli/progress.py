@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from .errors import UserError
+
 log = logging.getLogger("mnistcli.progress")
 
 MODES = ("auto", "bar", "lines", "off")
@@ -40,12 +42,8 @@ def resolve(progress: bool | str | None, quiet: bool = False, every: float | Non
     if progress in (None, True, "auto"):
         progress = "bar" if sys.stderr.isatty() or in_notebook() else "lines"
     if progress not in MODES:
-        from .errors import UserError
-
         raise UserError(f"progress '{progress}' is not a mode; allowed: {', '.join(MODES)} (or True/False)")
     if every is not None and not every > 0:
-        from .errors import UserError
-
         raise UserError(f"log_every must be a number of seconds > 0, got {every!r}")
     return Display(str(progress), LINE_SECONDS if every is None else float(every))
 

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
-from .runs import BEST, CONFIG, CURVES, INTERRUPTED, LAST, LOCK, METRICS, OWN_FILES, OWNER, TENSORBOARD, write_atomic
+from .files import write_atomic
+from .runs import BEST, CONFIG, CURVES, INTERRUPTED, LAST, LOCK, METRICS, OWN_FILES, OWNER, TENSORBOARD
 
 log = logging.getLogger(__name__)
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import UserError, no_space, space_errno
+from .errors import UserError
+from .files import write_atomic, write_error
 from .yamlfile import read_yaml_file
 
 log = logging.getLogger(__name__)
@@ -39,26 +38,6 @@ def newest_resumable(out: Path) -> Path:
     if not found:
         raise UserError(f"--resume: no {INTERRUPTED} or {LAST} in {out} to resume from")
     return max(found, key=lambda p: p.stat().st_mtime)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # e.g. the folder is a file: there is no temporary file to remove
-            tmp.unlink(missing_ok=True)
-        raise write_error(path, exc) from None
-
-
-def write_error(path: Path, exc: OSError) -> UserError:
-    """A failed write as one line: a full disk says so, anything else gives the system's reason."""
-    code = space_errno(exc)
-    if code is not None:
-        return no_space(path, code)
-    return UserError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
 def write_config(out: Path, cfg: Any) -> None:

@@ -8,32 +8,26 @@ the current grid only).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .config import Config, load_config, parse_override
 from .errors import ConfigError, UserError
 from .runfolder import check_out_dir
-from .runs import BEST, CONFIG, INTERRUPTED, LAST, read_config, write_atomic
+from .runs import BEST, CONFIG, INTERRUPTED, LAST, read_config
 
 if TYPE_CHECKING:
     from .progress import Display
 
+from .sweeptable import TABLE, outcome, ranked, recorded_epochs, table_lines, write_table, yaml_text
+
 log = logging.getLogger(__name__)
 
-TABLE = "sweep.csv"
-# after the grid's keys; best_val_loss: val_loss at best_epoch; seconds: the epochs' own; run: the folder's name
-RESULT_COLUMNS = ["best_val_acc", "best_val_loss", "best_epoch", "epochs", "seconds", "run"]
 PLACEMENT = {"train.tensorboard", "train.tensorboard_every"}  # change what a run writes, never its numbers
 MAX_NAME = 120  # characters of a run folder's name before it is shortened (file systems allow 255 bytes)
 
@@ -59,7 +53,7 @@ def parse_grid(exprs: list[str]) -> dict[str, list]:
             problems += [p.replace("--set '", "--grid '", 1) for p in exc.problems]
             continue
         key = ".".join(path)
-        texts = [_yaml_text(v) for v in values] if isinstance(values, list) else []
+        texts = [yaml_text(v) for v in values] if isinstance(values, list) else []
         if not texts:
             problems.append(f"--grid '{expr}': expected a non-empty list of values, e.g. {key}=[0.01,0.001]")
         elif key in grid:
@@ -74,12 +68,6 @@ def parse_grid(exprs: list[str]) -> dict[str, list]:
     return grid
 
 
-def _yaml_text(value: Any) -> str:
-    """A value as YAML writes it on one line (1.0e-05, [64, 32], adam), so it reads back as the same value."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip()
-    return text.removesuffix("...").strip()
-
-
 def run_name(values: dict[str, Any]) -> str:
     """The run's folder name, made from its values so that it stays the same when the sweep is run again.
 
@@ -88,7 +76,7 @@ def run_name(values: dict[str, Any]) -> str:
     reason; characters other than letters, digits and `._+-` become `_` (a plain file name, no path)."""
     parts = []
     for key in sorted(values):
-        text = values[key] if isinstance(values[key], str) else _yaml_text(values[key])
+        text = values[key] if isinstance(values[key], str) else yaml_text(values[key])
         parts.append(f"{key}={re.sub(r'[^A-Za-z0-9._+-]+', '_', text).strip('_') or '_'}")
     name = ",".join(parts)
     if len(name) > MAX_NAME:  # still unique: the digest is of the whole name
@@ -106,7 +94,7 @@ def plan(config: Any, grid: dict[str, list], overrides: list[str] | None = None)
     runs, failed = [], []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
-        exprs = {key: f"{key}={_yaml_text(v)}" for key, v in values.items()}
+        exprs = {key: f"{key}={yaml_text(v)}" for key, v in values.items()}
         try:
             runs.append(SweepRun(values, run_name(values), load_config(config, overrides + list(exprs.values()))))
         except ConfigError as exc:
@@ -176,7 +164,7 @@ def run_sweep(
     runs = plan(config, grid, overrides)
     stem = Path(config).stem if isinstance(config, (str, Path)) else str(runs[0].cfg.name)
     root = Path(out) if out is not None else Path("sweeps") / stem
-    recorded = _recorded(root)
+    recorded = recorded_epochs(root)
     results: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     for run in runs:
@@ -185,9 +173,9 @@ def run_sweep(
     if problems:
         raise UserError("\n".join(problems))
     if results:
-        _write_table(root, list(grid), runs, results)
+        write_table(root, list(grid), runs, results)
     _train(runs, list(grid), root, results, progress)
-    rows = _ranked(runs, results)
+    rows = ranked(runs, results)
     log.info("sweep done: best %s (val acc %.4f) -> %s", rows[0]["run"], rows[0]["best_val_acc"], root / TABLE)
     return {
         "rows": rows,
@@ -219,8 +207,8 @@ def _train(
             raise
         except UserError as exc:
             raise UserError(f"sweep run {run.name}: {exc}") from None
-        results[run.name] = _outcome(root / run.name / LAST) or {}
-        _write_table(root, keys, runs, results)
+        results[run.name] = outcome(root / run.name / LAST) or {}
+        write_table(root, keys, runs, results)
         if summary.get("stopped") and i < len(runs):  # the stop came as this run's last epoch ended
             log.warning("sweep stopped after run %s; run the same command again to go on", run.name)
             raise TrainingInterrupted(root / run.name / LAST, summary["stopped"])
@@ -231,7 +219,7 @@ def _prepare(run: SweepRun, recorded: dict[str, int], results: dict[str, dict[st
     would stop the sweep part-way: files that are not a run, or a run made with another config."""
     out = Path(run.cfg.output.dir)
     try:
-        done = _outcome(out / LAST)
+        done = outcome(out / LAST)
         if done is None and not (out / INTERRUPTED).is_file():
             check_out_dir(out, None, None, run.cfg.output.overwrite)  # empty, or a start that wrote no epoch
             return []
@@ -261,72 +249,3 @@ def _changed(run: SweepRun, out: Path) -> list[str]:
         return []
     detail = ", ".join(f"{k} {old!r} (this sweep: {new!r})" for k, (old, new) in changes.items())
     return [f"{out}: holds a run made with {detail}; give --out DIR for a new sweep"]
-
-
-def _outcome(last: Path) -> dict[str, Any] | None:
-    """A run's numbers from its last.pt, which holds every epoch's row even when a kill cut metrics.csv short;
-    None when there is none."""
-    from .checkpoint import load_checkpoint
-
-    if not last.is_file():
-        return None
-    ckpt = load_checkpoint(last)
-    rows, best = (ckpt.get("resume") or {}).get("rows") or [], ckpt["metrics"]["best_epoch"]
-    return {
-        "best_val_acc": ckpt["metrics"]["best_val_acc"],
-        "best_val_loss": next((row["val_loss"] for row in rows if row["epoch"] == best), None),
-        "best_epoch": best,
-        "epochs": ckpt["epoch"],
-        "seconds": sum(row["seconds"] for row in rows),  # training and validation of each epoch
-    }
-
-
-def _recorded(root: Path) -> dict[str, int]:
-    """The epochs of each run an earlier sweep.csv lists; a file there that is not a sweep table is refused."""
-    path = root / TABLE
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: is a file, not a folder; give --out a folder")
-    if not path.exists():
-        return {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows, columns = list(reader), reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error):
-        rows, columns = [], []
-    if not set(RESULT_COLUMNS) <= set(columns):
-        raise UserError(f"{path}: not a table written by a sweep; give --out DIR another folder")
-    return {row["run"]: int(row["epochs"]) for row in rows if (row["epochs"] or "").isdigit()}
-
-
-def _ranked(runs: list[SweepRun], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The finished runs' rows (grid values, then numbers): best validation accuracy first, then lower loss."""
-    rows = [{**run.values, **results[run.name], "run": run.name} for run in runs if run.name in results]
-    loss = lambda row: math.inf if row["best_val_loss"] is None else row["best_val_loss"]  # noqa: E731
-    return sorted(rows, key=lambda row: (-row["best_val_acc"], loss(row), row["run"]))
-
-
-def _cell(value: Any, spec: str = ".6g") -> str:
-    """A table cell: floats in `spec`, strings as they are, other values as YAML, None as nothing."""
-    if value is None or isinstance(value, float):
-        return "" if value is None else format(value, spec)
-    return value if isinstance(value, str) else _yaml_text(value)
-
-
-def _write_table(root: Path, keys: list[str], runs: list[SweepRun], results: dict[str, dict[str, Any]]) -> None:
-    """sweep.csv, written whole or not at all: the grid's keys, then the result columns; best run first."""
-    buf = io.StringIO(newline="")
-    writer = csv.writer(buf)
-    writer.writerow([*keys, *RESULT_COLUMNS])
-    writer.writerows([_cell(row[k]) for k in [*keys, *RESULT_COLUMNS]] for row in _ranked(runs, results))
-    root.mkdir(parents=True, exist_ok=True)
-    write_atomic(root / TABLE, buf.getvalue())
-
-
-def table_lines(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
-    """Ranked rows as aligned text lines for a terminal, the header first."""
-    head = [*keys, "val_acc", "val_loss", "epoch", "epochs", "seconds", "run"]
-    specs = {"best_val_acc": ".4f", "best_val_loss": ".4f", "seconds": ".1f"}
-    cells = [[_cell(row[k], specs.get(k, ".6g")) or "-" for k in [*keys, *RESULT_COLUMNS]] for row in rows]
-    widths = [max(len(c) for c in column) for column in zip(head, *cells)]
-    return ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *cells]]
