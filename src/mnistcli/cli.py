@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from . import cli_tools, cli_use
+from . import cli_config, cli_ship, cli_tools, cli_use
 from .clirun import run, setup_logging
 from .errors import Terminated, UserError
 
@@ -151,7 +151,12 @@ app.command("eval")(cli_use.eval_)
 app.command()(cli_use.predict)
 app.command()(cli_tools.plot)
 app.command()(cli_tools.sweep)
+app.command()(cli_ship.export)
 app.add_typer(cli_tools.data_app, name="data")
+app.add_typer(cli_config.config_app, name="config")
+app.command()(cli_config.models)
+app.command("datasets")(cli_config.datasets_)
+app.command()(cli_tools.doctor)
 
 
 def _bare_resume(args: list[str]) -> list[str]:
