@@ -21,7 +21,7 @@ except ImportError:  # older typer uses click itself
 
 app = typer.Typer(  # the help is _root's docstring
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion: commands, options and paths complete
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help prints as written: [brackets] stay, flags show as flags, and no Rich to import
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
