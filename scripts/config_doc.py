@@ -3,48 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
-import tokenize
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from mnistcli.config import Config
+from mnistcli.configschema import REGISTRY_KEYS, comments
 from mnistcli.datasets import DATASETS
-from mnistcli.families import ACTIVATIONS, FAMILIES, MODELS
+from mnistcli.families import FAMILIES
 from mnistcli.optim import LOSSES, OPTIMIZERS
 from mnistcli.schedule import SCHEDULERS
 from mnistcli.validate import RANGES
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "mnistcli" / "config.py"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
-
-# Keys whose value names a registry entry: the config is checked against these names.
-REGISTRY_KEYS: dict[str, dict[str, Any]] = {
-    "data.name": DATASETS,
-    "model.name": MODELS,
-    "model.activation": ACTIVATIONS,
-    "model.head.activation": ACTIVATIONS,
-    "loss.name": LOSSES,
-    "optimizer.name": OPTIMIZERS,
-    "scheduler.name": SCHEDULERS,
-}
-
-
-def comments() -> dict[tuple[str, str], str]:
-    """(class name, field name) -> the comment at the end of that field's line."""
-    found, cls = {}, None
-    lines = SOURCE.read_text().splitlines()
-    for tok in tokenize.generate_tokens(io.StringIO(SOURCE.read_text()).readline):
-        if tok.type == tokenize.NAME and tok.string == "class":
-            cls = lines[tok.start[0] - 1].split()[1].split("(")[0].rstrip(":")
-        if tok.type == tokenize.COMMENT and cls:
-            line = lines[tok.start[0] - 1].strip()
-            if ":" in line and not line.startswith("#"):
-                found[(cls, line.split(":")[0].strip())] = tok.string.lstrip("# ")
-    return found
 
 
 def readers() -> dict[str, str]:
@@ -125,6 +98,27 @@ def render() -> str:
         "entries that read a key; a key with no entry there is read whatever the choice.",
         "",
         "Generated from `src/mnistcli/config.py` by `python scripts/config_doc.py`.",
+        "",
+        "## In an editor, and before a run",
+        "",
+        "`configs/mnistcli.schema.json` is the same schema as a JSON Schema (draft 2020-12): every key with its type,",
+        "default and meaning, the allowed names and ranges, and the keys each dataset, model family, loss, optimizer",
+        "and schedule reads. Editors with the YAML language server (VS Code's YAML extension, Neovim, Helix, ...)",
+        "complete and check a config against it as you type when the file's first line names it, as every shipped",
+        "config's does:",
+        "",
+        "```yaml",
+        "# yaml-language-server: $schema=mnistcli.schema.json",
+        "```",
+        "",
+        "(`$schema=../mnistcli.schema.json` in `configs/tutorials/`; a config elsewhere gives the path from its own",
+        "folder). `mnistcli config schema > configs/mnistcli.schema.json` regenerates it. The schema leaves",
+        "combinations of choices (`loss.name: nll` needs `model.log_softmax: true`, ...) to",
+        "`mnistcli config validate CONFIG...`, which runs every check a run does, without training, and exits 2 when",
+        "a file has a problem. `mnistcli config show CONFIG [--set KEY=VALUE ...] [--diff]` prints the resolved",
+        "config (`--diff`: only what differs from these defaults).",
+        "",
+        "## Keys",
         "",
         "| key | default | allowed | meaning | read by |",
         "|---|---|---|---|---|",
