@@ -85,6 +85,9 @@ def test_failed_download_is_one_line_with_urls_and_leaves_no_folders(tmp_path: P
     assert f"in {root / 'FashionMNIST' / 'raw'}; download them from " in line
     mirror = datasets.FashionMNIST.mirrors[0]
     assert mirror in line and f"{mirror}train-images-idx3-ubyte.gz" in line
+    assert line.endswith(
+        f"; or, with them in a folder DIR: mnistcli data import DIR --dataset fashion_mnist --root {root}"
+    )
     assert not root.exists()
 
 
@@ -108,5 +111,7 @@ def test_missing_idx_files_name_where_to_get_them(
         load_split(cfg.data, "train")
     message = str(err.value)
     assert "\n" not in message and url in message and str(tmp_path / folder / "raw") in message
+    group = "emnist" if name.startswith("emnist_") else name
+    assert message.endswith(f"mnistcli data import DIR --dataset {group} --root {tmp_path}")
     assert ("could not be downloaded" in message) == download
     assert list(tmp_path.iterdir()) == [tmp_path / folder] and not any((tmp_path / folder).iterdir())

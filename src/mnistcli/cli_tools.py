@@ -1,5 +1,6 @@
-"""The commands around training: `plot` (curves of runs, torch-free), `sweep` (a grid of runs) and `data show|audit`
-(look at the data before training on it)."""
+"""The commands around training: `plot` (curves of runs, torch-free), `sweep` (a grid of runs), `data show|audit`
+(look at the data before training on it), `data status|import` (the dataset files, offline) and `doctor` (what a run
+would use and what would stop it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import typer
 from .clirun import run, setup_logging
 from .errors import UserError
 
-data_app = typer.Typer(help="Look at a config's data before training on it.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Look at a config's data before training on it; check and import the dataset files.", no_args_is_help=True
+)
+MB = 1e6  # bytes: sizes print in decimal megabytes, as file managers show them
 
 
 def plot(
@@ -116,6 +120,83 @@ def data_audit(
     typer.echo(json.dumps(res, indent=None if as_json else 2, default=str))
 
 
-def doctor() -> None:
-    """Preflight check (placeholder)."""
-    raise typer.Exit(1)
+def _status_lines(found: dict[str, Any]) -> list[str]:
+    """A dataset's line, then one per file that is not verified (none when all are missing), then its fix."""
+    checks = [f for f in found["files"] if f["state"] != "missing"]
+    size = f"{len(checks)} file{'s' * (len(checks) != 1)}, {found['bytes'] / MB:.1f} MB" if checks else ""
+    lines = [f"{found['dataset']:<16} {found['state']:<9} {size:<20} {found['folder']}".rstrip()]
+    if found["state"] != "missing":
+        for f in found["files"]:
+            if f["state"] != "verified":
+                lines.append(f"  {f['name']}: {f['state']} ({f['reason']})")
+    if found["fix"]:
+        lines.append(f"  fix: {found['fix']}")
+    return lines
+
+
+@data_app.command("status")
+def data_status(
+    root: Path = typer.Option(Path("data"), "--root", metavar="DIR", help="Data root, as data.root."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Each dataset's files under the data root, checked against the published checksums: verified, present
+    (no published checksum to check), partial, corrupt or missing, with what to do about it."""
+
+    def work() -> list[dict[str, Any]]:
+        from .datastore import idx_datasets, status
+
+        return [status(name, root) for name in idx_datasets()]
+
+    found = run(work)
+    if as_json:
+        typer.echo(json.dumps({"root": str(root), "datasets": found}))
+        return
+    for one in found:
+        for line in _status_lines(one):
+            typer.echo(line)
+
+
+@data_app.command("import")
+def data_import(
+    src: Path = typer.Argument(..., metavar="SRC", help="Folder holding the official files (.gz or unpacked)."),
+    dataset: str = typer.Option(..., "--dataset", metavar="NAME", help="mnist | fashion_mnist | kmnist | emnist."),
+    root: Path = typer.Option(Path("data"), "--root", metavar="DIR", help="Data root, as data.root."),
+) -> None:
+    """Copy a dataset's official files from a folder you filled by hand into ROOT/<dataset folder>/raw, checking
+    each; a file that is there is never replaced. Exit code 2 when anything was refused or is missing."""
+
+    def work() -> tuple[list[str], list[str]]:
+        from .dataimport import import_dataset
+
+        return import_dataset(src, dataset, root)
+
+    done, problems = run(work)
+    for line in done:
+        typer.echo(line)
+    for line in problems:
+        typer.echo(f"error: {line}", err=True)
+    if problems:
+        raise typer.Exit(2)
+
+
+def doctor(
+    config: Path | None = typer.Argument(None, help="YAML experiment config; without it, the environment only."),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
+) -> None:
+    """What a run would use (versions, devices, data, weights, output folder) and what would stop it before it
+    starts, one line per check. Exit code 0 only when the config would start."""
+    setup_logging(True)
+
+    def work() -> list[Any]:
+        from .doctor import run_checks
+
+        return run_checks(config, list(set_ or []))
+
+    checks = run(work)
+    for check in checks:
+        typer.echo(check.line())
+    problems = sum(not c.ok for c in checks)
+    if problems:
+        typer.echo(f"error: {problems} problem{'s' * (problems > 1)}; see the lines marked problem", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"no problems: `mnistcli train {config}` would start" if config else "no problems")

@@ -115,8 +115,12 @@ def _idx(cls_name: str, files: tuple[str, ...], upright: bool = False, **kwargs:
             what = "could not be downloaded" if cfg.download else "not found (data.download is false)"
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             reason = lines[-1] if lines else type(exc).__name__  # a download's last line is the network error
+            from .datastore import FOLDERS, import_command  # imported here: datastore reads this module's registry
+
+            group = next(g for g, folder in FOLDERS.items() if folder == cls_name)
             raise UserError(
-                f"{cls_name} {what} ({reason}): put {', '.join(files)} (.gz or unpacked) in {raw}; {_sources(cls)}"
+                f"{cls_name} {what} ({reason}): put {', '.join(files)} (.gz or unpacked) in {raw}; {_sources(cls)}; "
+                f"or, with them in a folder DIR: {import_command(group, cfg.root)}"
             ) from None
         check_labels(labels, ds.targets, len(ds.classes))  # an out-of-range label would stop training mid-epoch
         if upright:
