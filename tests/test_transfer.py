@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from mnistcli.cli import app
 from mnistcli.errors import UserError
+from mnistcli.export import export_checkpoint
+from mnistcli.prediction import predict_images
 from mnistcli.training import train
 
 runner = CliRunner()
@@ -78,7 +80,13 @@ def test_frozen_backbone_stays_bit_identical(tmp_path: Path, folders: Path, weig
         app, ["predict", str(folders / "test" / "dog" / "0.png"), "--ckpt", str(out / "best.pt"), "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["label"] in {"cat", "dog", "fox"}
+    label = json.loads(result.stdout)["label"]
+    assert label in {"cat", "dog", "fox"}
+    for fmt, name in (("torchscript", "m.pt"), ("onnx", "m.onnx")):  # a centre-cropping input, in both formats
+        res = export_checkpoint(out / "best.pt", fmt, tmp_path / name)
+        assert res["check"]["top1_agree"] == res["check"]["images"] == 12, res["check"]
+        [pred] = predict_images([folders / "test" / "dog" / "0.png"], None, model_path=tmp_path / name)
+        assert pred["label"] == label
     result = runner.invoke(app, ["eval", "--ckpt", str(out / "best.pt"), "--json"])
     assert result.exit_code == 0, result.output
     res = json.loads(result.stdout)

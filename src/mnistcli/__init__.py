@@ -46,16 +46,28 @@ def evaluate(
 
 def predict(
     images: str | Path | list[str | Path],
-    ckpt: str | Path,
+    ckpt: str | Path | None = None,
     topk: int = 3,
     preprocess: str = "auto",
     device: str = "cpu",
+    model: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per image (files, folders, patterns), as `mnistcli predict --json` prints; failures hold `error`."""
+    """One dict per image (files, folders, patterns), as `mnistcli predict --json` prints; failures hold `error`.
+    From a checkpoint (`ckpt`) or a file `export` wrote (`model`): give one."""
     from .prediction import predict_images
 
     paths = [images] if isinstance(images, (str, Path)) else list(images)
-    return predict_images(paths, ckpt, topk, preprocess, None, device)
+    return predict_images(paths, ckpt, topk, preprocess, None, device, model_path=model)
 
 
-__all__ = ["__version__", "evaluate", "load_model", "predict", "train"]
+def export(
+    ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None, input_kind: str = "uint8"
+) -> dict[str, Any]:
+    """Write a TorchScript or ONNX file (`fmt`) that takes raw images and returns probabilities, checked against
+    the checkpoint with the real runtime before it is kept; returns the file, its metadata and the check."""
+    from .export import export_checkpoint
+
+    return export_checkpoint(ckpt, fmt, out, input_kind)
+
+
+__all__ = ["__version__", "evaluate", "export", "load_model", "predict", "train"]

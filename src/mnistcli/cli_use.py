@@ -181,7 +181,14 @@ def predict(
         help="Image files (PNG, JPEG, ...), folders (searched with their sub-folders for image files) or patterns "
         "such as 'photos/*.jpg'.",
     ),
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
+    ckpt: Path | None = typer.Option(None, "--ckpt", help="Checkpoint written by `mnistcli train`."),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        metavar="FILE",
+        help="Instead of --ckpt: a TorchScript or ONNX file written by `mnistcli export` (classes and input spec "
+        "are read from the file).",
+    ),
     topk: int = typer.Option(3, "--topk", help="How many classes to list per image."),
     preprocess: str = typer.Option("auto", "--preprocess", help="auto | mnist | none: how images are prepared."),
     show_input: Path | None = typer.Option(None, "--show-input", help="Save what the network saw, as PNG, here."),
@@ -193,15 +200,16 @@ def predict(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
 ) -> None:
-    """Predicted class and top-k probabilities for each image, from the checkpoint alone."""
+    """Predicted class and top-k probabilities for each image, from the checkpoint alone or an exported model."""
 
     def work() -> list[dict[str, Any]]:
         if output is not None and as_json:
             raise UserError("--json and --output: give one of them (--output FILE.jsonl writes the JSON lines)")
-        from .prediction import check_output, predict_images, write_output
+        from .prediction import check_output, check_source, predict_images, write_output
 
+        check_source(ckpt, model)
         target = None if output is None else check_output(output)  # before any work: a refusal costs nothing
-        results = predict_images(images, ckpt, topk, preprocess, show_input)
+        results = predict_images(images, ckpt, topk, preprocess, show_input, model_path=model)
         if target is not None:
             write_output(results, target)
         return results

@@ -38,7 +38,7 @@ def _as_float(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 def resized_input(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """Stored uint8 batch -> float [0, 1] at the input size: centre crop (crop mode), then antialiased resize."""
     x = _as_float(x, spec)
-    h, w = x.shape[-2:]
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # plain ints: an exported graph has fixed image sides
     if spec.resize == "crop":  # the central CROP_RATIO of each side, offsets rounded as torchvision's CenterCrop
         ch, cw = round(h * CROP_RATIO), round(w * CROP_RATIO)
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))

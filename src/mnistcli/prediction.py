@@ -7,11 +7,12 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .checkpoint import load_model
 from .errors import UserError
@@ -30,21 +31,22 @@ CSV_COLUMNS = ["path", "label", "index", "probability", "topk"]  # then input_pn
 
 def predict_images(
     paths: list[str | Path],
-    ckpt_path: str | Path,
+    ckpt_path: str | Path | None,
     topk: int = 5,
     preprocess: str = "auto",
     show_input: str | Path | None = None,
     device: str = "cpu",
+    model_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """One result per image (folders and patterns expanded): label, index, probability, top-k and `input_png` if
-    saved, or `error` if it failed."""
+    saved, or `error` if it failed. From a checkpoint (`ckpt_path`) or a file `mnistcli export` wrote (`model_path`)."""
+    check_source(ckpt_path, model_path)
     if topk < 1:
         raise UserError(f"--topk must be >= 1, got {topk}")
     folder = None if show_input is None else input_folder(show_input)  # before the slow part, so a typo costs nothing
     paths = expand_images(paths)
     dev = resolve_device(device, "device")
-    model, info = load_model(ckpt_path, dev)
-    spec, classes = info["input_spec"], info["classes"]
+    spec, classes, probabilities = _classifier(ckpt_path, model_path, dev)
     mode = mode_for(spec, preprocess)
     results: list[dict[str, Any]] = []
     ready: list[tuple[int, torch.Tensor]] = []
@@ -60,10 +62,7 @@ def predict_images(
     with torch.inference_mode():
         for start in range(0, len(ready), BATCH):
             chunk = ready[start : start + BATCH]
-            x = network_input(torch.stack([px for _, px in chunk]).to(dev), spec)
-            out = model(x).float()
-            # calibrated: softmax(output / T); for log-softmax models softmax(log p / T) is p^(1/T) renormalised
-            probs = (out / info["temperature"]).softmax(1)
+            probs = probabilities(torch.stack([px for _, px in chunk]))
             top_p, top_i = probs.topk(k, dim=1)
             for (slot, _), p_row, i_row in zip(chunk, top_p.tolist(), top_i.tolist()):
                 top = [{"label": classes[i], "index": i, "probability": p} for p, i in zip(p_row, i_row)]
@@ -73,6 +72,33 @@ def predict_images(
     if folder is not None:
         _show(ready, results, spec, folder)
     return results
+
+
+def check_source(ckpt_path: str | Path | None, model_path: str | Path | None) -> None:
+    """Exactly one of a checkpoint and an exported model to predict with."""
+    if (ckpt_path is None) == (model_path is None):
+        raise UserError("give exactly one of --ckpt PATH (a checkpoint) and --model FILE (an exported model)")
+
+
+def class_probabilities(model: nn.Module, pixels: torch.Tensor, spec: InputSpec, temperature: float) -> torch.Tensor:
+    """Stored uint8 pixels (N, C, H, W) on the model's device -> class probabilities: predict's (and export's) path."""
+    out = model(network_input(pixels, spec)).float()
+    # calibrated: softmax(output / T); for log-softmax models softmax(log p / T) is p^(1/T) renormalised
+    return (out / temperature).softmax(1)
+
+
+def _classifier(
+    ckpt_path: str | Path | None, model_path: str | Path | None, dev: torch.device
+) -> tuple[InputSpec, list[str], Callable[[torch.Tensor], torch.Tensor]]:
+    """Input spec, class names and a (uint8 batch on the CPU -> probabilities) function of a checkpoint or export."""
+    if model_path is not None:
+        from .exported import load_exported
+
+        exported = load_exported(model_path, dev)
+        return exported.spec, exported.classes, exported.probabilities
+    model, info = load_model(ckpt_path, dev)
+    spec, temperature = info["input_spec"], info["temperature"]
+    return spec, info["classes"], lambda pixels: class_probabilities(model, pixels.to(dev), spec, temperature)
 
 
 def expand_images(args: Iterable[str | Path]) -> list[Path]:

@@ -1,0 +1,270 @@
+"""mnistcli export: TorchScript and ONNX files that run without mnistcli (ONNX without torch), give predict's
+probabilities, are checked before they are kept and never replace a file; predict --model reads them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from mnistcli import predict as api_predict
+from mnistcli import train
+from mnistcli.calibration import calibrate_checkpoint
+from mnistcli.errors import UserError
+from mnistcli.export import TOLERANCE, compare, export_checkpoint, publish_checked
+from mnistcli.exported import load_exported
+from mnistcli.prediction import predict_images
+
+REPO = Path(__file__).resolve().parents[1]
+N_PNG = 40  # more than the odd batch size 37, so a second, partial batch runs too
+FRESH = """
+import json, sys
+import numpy as np
+from PIL import Image
+model, paths = sys.argv[1], sys.argv[2:]
+pixels = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.uint8)[None] for p in paths])
+if model.endswith(".onnx"):
+    import onnxruntime as ort
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    run = lambda x: session.run(["probabilities"], {"images": x})[0]
+else:
+    import torch
+    module = torch.jit.load(model)
+    run = lambda x: module(torch.from_numpy(x)).detach().numpy()
+probs = {n: np.concatenate([run(pixels[i : i + n]) for i in range(0, len(pixels), n)]).tolist() for n in (1, 37)}
+print(json.dumps({"probs": probs, "imported": [m for m in ("torch", "mnistcli") if m in sys.modules]}))
+"""
+
+
+def mnistcli(*args: object, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess."""
+    cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """A tiny CNN trained for one epoch on the small IDX MNIST."""
+    out = tmp_path_factory.mktemp("export") / "run"
+    config = {
+        "seed": 0,
+        "data": {"name": "mnist", "root": str(mnist_root), "val_split": 50, "batch_size": 32},
+        "model": {"name": "cnn", "channels": [4], "hidden": [16]},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "train": {"epochs": 1},
+    }
+    train(config, out=out, progress="off")
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> list[Path]:
+    """The first N_PNG test images of the IDX files, as 28x28 grayscale PNGs."""
+    raw = gzip.decompress((mnist_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").read_bytes())
+    images = np.frombuffer(raw[16:], dtype=np.uint8).reshape(-1, 28, 28)[:N_PNG]
+    folder = tmp_path_factory.mktemp("pngs")
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"test_{i:03d}.png")
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def predicted(ckpt: Path, pngs: list[Path]) -> list[dict[str, Any]]:
+    """`mnistcli predict FOLDER --ckpt` with every class's probability."""
+    proc = mnistcli("predict", pngs[0].parent, "--ckpt", ckpt, "--json", "--topk", "10")
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def onnx_export(ckpt: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`mnistcli export --format onnx` to the default name beside the checkpoint."""
+    proc = mnistcli("export", "--ckpt", ckpt, "--format", "onnx")
+    assert proc.returncode == 0, proc.stderr
+    return ckpt.with_name("best.onnx"), proc
+
+
+@pytest.fixture(scope="module")
+def ts_export(ckpt: Path) -> Path:
+    """A TorchScript export through the library, to the default name."""
+    return Path(export_checkpoint(ckpt, "torchscript")["path"])
+
+
+def probability_rows(results: list[dict[str, Any]]) -> np.ndarray:
+    """predict's per-image top-k lists (all classes) as an (images, classes) array in class order."""
+    rows = np.zeros((len(results), len(results[0]["topk"])))
+    for row, res in zip(rows, results):
+        for top in res["topk"]:
+            row[top["index"]] = top["probability"]
+    return rows
+
+
+def test_export_prints_the_file_the_check_and_the_metadata(onnx_export: tuple[Path, Any], ckpt: Path) -> None:
+    path, proc = onnx_export
+    lines = proc.stdout.splitlines()
+    assert (
+        lines[0]
+        == f"wrote {path} (onnx, opset 18): input 'images' uint8 N x 1 x 28 x 28 -> output 'probabilities' N x 10"
+    )
+    assert re.fullmatch(
+        r"check \(onnxruntime [\d.]+\): 100 images of the mnist test split, max \|dp\| \S+ \(allowed 0\.0001\), "
+        r"top-1 agree 100/100, batch sizes 1, 37, 100",
+        lines[1],
+    ), lines[1]
+    assert lines[2:] == [f"metadata: {path}.json"]
+    side = json.loads(Path(f"{path}.json").read_text())
+    assert side["classes"][0] == "0 - zero" and side["input"]["shape"] == ["N", 1, 28, 28]
+    assert side["check"]["top1_agree"] == side["check"]["images"] == 100
+    assert side["check"]["max_abs_diff"] <= TOLERANCE and side["check"]["batch_sizes"] == [1, 37, 100]
+    assert not [p.name for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")]  # the temporary file is gone
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_runs_in_a_fresh_process_as_predict_does(
+    fmt: str, onnx_export: tuple[Path, Any], ts_export: Path, pngs: list[Path], predicted: list[dict[str, Any]]
+) -> None:
+    """The file alone, at batch 1 and 37: predict's top-1 and probabilities; ONNX without torch, neither with
+    mnistcli."""
+    model = onnx_export[0] if fmt == "onnx" else ts_export
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH, str(model), *map(str, pngs)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["imported"] == ([] if fmt == "onnx" else ["torch"])
+    want = probability_rows(predicted)
+    for size in ("1", "37"):
+        got = np.array(res["probs"][size])
+        assert got.argmax(1).tolist() == [r["index"] for r in predicted]
+        assert np.abs(got - want).max() <= TOLERANCE
+
+
+def test_deploy_snippet_serves_a_png_without_torch(
+    onnx_export: tuple[Path, Any], pngs: list[Path], predicted: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    text = (REPO / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    snippet = re.findall(r"<!-- deploy-snippet -->\n```python\n(.*?)\n```\n", text, flags=re.DOTALL)
+    assert len(snippet) == 1
+    shutil.copy(onnx_export[0], tmp_path / "model.onnx")
+    check = "\nassert 'torch' not in sys.modules and 'mnistcli' not in sys.modules\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet[0] + check, str(pngs[3])], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    label, probability = proc.stdout.strip().rsplit(" ", 1)
+    assert label == predicted[3]["label"]
+    assert float(probability) == pytest.approx(predicted[3]["probability"], abs=TOLERANCE)
+
+
+def test_predict_model_gives_the_labels_of_predict_ckpt(
+    onnx_export: tuple[Path, Any], ts_export: Path, pngs: list[Path], predicted: list[dict[str, Any]]
+) -> None:
+    proc = mnistcli("predict", pngs[0].parent, "--model", onnx_export[0], "--json", "--topk", "10")
+    assert proc.returncode == 0, proc.stderr
+    from_onnx = [json.loads(line) for line in proc.stdout.splitlines()]
+    from_ts = api_predict(pngs[0].parent, topk=10, model=ts_export)  # the Python API
+    for results in (from_onnx, from_ts):
+        assert [(r["path"], r["label"]) for r in results] == [(r["path"], r["label"]) for r in predicted]
+        assert np.abs(probability_rows(results) - probability_rows(predicted)).max() <= TOLERANCE
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_float_input_export(ckpt: Path, ts_export: Path, pngs: list[Path], tmp_path: Path) -> None:
+    res = export_checkpoint(ckpt, "torchscript", tmp_path / "float.pt", input_kind="float")
+    assert res["metadata"]["input"] == {
+        "name": "images",
+        "kind": "float",
+        "dtype": "float32",
+        "shape": ["N", 1, 28, 28],
+        "range": [0.0, 1.0],
+    }
+    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p))[None] for p in pngs]))
+    with torch.inference_mode():
+        as_float = torch.jit.load(res["path"])(pixels.float() / 255)
+        as_uint8 = torch.jit.load(ts_export)(pixels)
+    assert as_float.dtype == torch.float32 and (as_float - as_uint8).abs().max() <= TOLERANCE
+    assert as_float.argmax(1).tolist() == as_uint8.argmax(1).tolist()
+
+
+def test_existing_out_is_refused_and_left_intact(ckpt: Path, onnx_export: tuple[Path, Any], tmp_path: Path) -> None:
+    taken = tmp_path / "model.onnx"
+    taken.write_bytes(b"the user's own file")
+    proc = mnistcli("export", "--ckpt", ckpt, "--format", "onnx", "--out", taken)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: --out {taken}: the file exists and is never replaced; give a new file name"
+    ]
+    assert taken.read_bytes() == b"the user's own file" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    before = onnx_export[0].read_bytes()
+    with pytest.raises(UserError, match=r"best\.onnx: the file exists and is never replaced; give a new file name"):
+        export_checkpoint(ckpt, "onnx")  # the default name, taken by the earlier export
+    assert onnx_export[0].read_bytes() == before
+
+
+def test_calibrated_checkpoint_exports_calibrated_probabilities(ckpt: Path, pngs: list[Path], tmp_path: Path) -> None:
+    calibrated = tmp_path / "calibrated.pt"
+    shutil.copy(ckpt, calibrated)
+    temperature = calibrate_checkpoint(calibrated, device="cpu")["temperature"]
+    assert abs(temperature - 1) > 0.01
+    res = export_checkpoint(calibrated, "torchscript")
+    assert res["metadata"]["temperature"] == temperature
+    exported = predict_images(pngs, None, topk=10, model_path=res["path"])
+    want, plain = (predict_images(pngs, path, topk=10) for path in (calibrated, ckpt))
+    assert np.abs(probability_rows(exported) - probability_rows(want)).max() <= TOLERANCE
+    assert np.abs(probability_rows(exported) - probability_rows(plain)).max() > 100 * TOLERANCE
+
+
+def test_failing_check_removes_the_file(ts_export: Path, pngs: list[Path], tmp_path: Path) -> None:
+    """A file whose probabilities are off by more than the tolerance never gets its name; nothing is left."""
+    exported = load_exported(ts_export)
+    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p))[None] for p in pngs]))
+    reference = exported.probabilities(pixels)
+    assert compare(exported.probabilities, pixels, reference)["top1_agree"] == N_PNG
+    perturbed = lambda x: exported.probabilities(x) + 2 * TOLERANCE
+    target = tmp_path / "model.pt"
+    message = (
+        r"export check failed: max \|probability difference\| 0\.0002 \(allowed 0\.0001\), top-1 agrees on 40/40 "
+        r"images, batch sizes 1, 37, 40; no file was written"
+    )
+    with pytest.raises(UserError, match=message):
+        publish_checked(
+            target,
+            lambda tmp: shutil.copyfile(ts_export, tmp),
+            lambda tmp: compare(lambda x: load_exported(tmp).probabilities(x) + 2 * TOLERANCE, pixels, reference),
+        )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match=message):
+        compare(perturbed, pixels, reference)
+
+
+def test_files_that_are_not_exports_are_one_line(ckpt: Path, onnx_export: tuple[Path, Any], tmp_path: Path) -> None:
+    proc = mnistcli("predict", REPO / "data" / "samples" / "digit_7.png", "--model", ckpt)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: {ckpt}: a PyTorch checkpoint, not an exported model; give it as --ckpt, or export it first"
+    ]
+    bare = onnx.load(onnx_export[0])
+    del bare.metadata_props[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    (tmp_path / "notes.txt").write_text("not a model")
+    cases = {
+        tmp_path / "bare.onnx": "an ONNX model without mnistcli metadata; write one with `mnistcli export`",
+        tmp_path / "notes.txt": "neither a TorchScript archive nor an ONNX model; give a file written by",
+        tmp_path / "missing.onnx": "model file not found",
+    }
+    for path, message in cases.items():
+        with pytest.raises(UserError, match=re.escape(f"{path}: {message}")):
+            load_exported(path)
+    with pytest.raises(UserError, match="give exactly one of --ckpt PATH"):
+        predict_images([tmp_path / "notes.txt"], ckpt, model_path=onnx_export[0])
