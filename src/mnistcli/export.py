@@ -32,7 +32,7 @@ from .exported import (
     load_exported,
 )
 from .extras import require
-from .files import create_new, writable_folder, write_error
+from .files import create_new, publish_new, writable_folder, write_error
 from .inputspec import InputSpec
 from .loaders import collate_readable
 from .prediction import class_probabilities, expand_images
@@ -265,15 +265,7 @@ def publish_checked(target: Path, write: Callable[[Path], None], check: Callable
                 raise
             raise write_error(target, exc if isinstance(exc, OSError) else OSError(space_errno(exc), "")) from None
         result = check(tmp)
-        taken = UserError(f"{target}: a file of that name appeared while exporting; it was not replaced")
-        try:
-            os.link(tmp, target)  # fails if the name is taken, unlike a rename
-        except FileExistsError:
-            raise taken from None
-        except OSError:  # a file system without hard links: check, then rename
-            if os.path.lexists(target):
-                raise taken from None
-            os.replace(tmp, target)
+        publish_new(tmp, target, f"{target}: a file of that name appeared while exporting; it was not replaced")
     finally:
         tmp.unlink(missing_ok=True)
     return result

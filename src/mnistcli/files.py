@@ -36,6 +36,19 @@ def create_new(path: Path, data: bytes) -> None:
             raise
 
 
+def publish_new(tmp: Path, path: Path, taken: str) -> None:
+    """Give a finished temporary file its name without replacing a file that appeared there meanwhile (then the
+    UserError `taken`); the caller removes `tmp`."""
+    try:
+        os.link(tmp, path)  # fails if the name is taken, unlike a rename
+    except FileExistsError:
+        raise UserError(taken) from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise UserError(taken) from None
+        os.replace(tmp, path)
+
+
 def write_error(path: Path, exc: OSError) -> UserError:
     """A failed write as one line: a full disk says so, anything else gives the system's reason."""
     code = space_errno(exc)

@@ -16,7 +16,7 @@ from torch import nn
 
 from .checkpoint import load_model
 from .errors import UserError
-from .files import writable_folder, write_error
+from .files import publish_new, writable_folder, write_error
 from .imagefolder import IMAGE_EXTENSIONS
 from .inputspec import InputSpec
 from .pipeline import network_input, resized_input
@@ -164,24 +164,11 @@ def write_output(results: list[dict[str, Any]], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
-        _publish(tmp, path)
+        publish_new(tmp, path, f"--output {path}: a file of that name appeared while predicting; it was not replaced")
     except OSError as exc:
         raise write_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Give the finished file its name without replacing a file that appeared there meanwhile."""
-    taken = UserError(f"--output {path}: a file of that name appeared while predicting; it was not replaced")
-    try:
-        os.link(tmp, path)  # fails if the name is taken, unlike a rename
-    except FileExistsError:
-        raise taken from None
-    except OSError:  # a file system without hard links: check, then rename
-        if os.path.lexists(path):
-            raise taken from None
-        os.replace(tmp, path)
 
 
 def input_folder(path: str | Path) -> Path:
