@@ -185,7 +185,7 @@ def test_a_second_run_into_a_locked_folder_names_the_holder(tmp_path: Path) -> N
 
 def test_kills_at_random_moments_leave_a_folder_a_resume_makes_whole(tmp_path: Path) -> None:
     """kill -9 during runs of many short epochs (checkpoint writes every ~0.1 s), then resume to the end."""
-    epochs = 300
+    epochs = 120
     cfg = write_config(tmp_path, {**BASE, "data": {**BASE["data"], "fake_size": 400}, "train": {"epochs": epochs}})
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mnistcli", "train", str(cfg), "--out", str(out), "--quiet"]
