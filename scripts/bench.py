@@ -5,6 +5,7 @@
     python scripts/bench.py --only throughput --repeats 5 --write   # replaces that section only
     python scripts/bench.py --design --write            # the training-step variants behind the defaults
     python scripts/bench.py --design --steps 3 --repeats 1          # a quick check that every variant runs
+    python scripts/bench.py --device cuda               # the CUDA benchmark (bench_cuda.py): printed, never written
 
 Each figure is the median of several runs; throughput pairs are measured alternately in one process, so machine
 noise hits both sides alike. `--write` replaces only the sections this run measured, each between its own
@@ -76,7 +77,15 @@ def main() -> None:
         help="replace the measured sections in PAGE (default docs/BENCHMARKS.md); without it nothing is written",
     )
     parser.add_argument("--digits", type=int, default=500, help="MNIST-derived user-style digits to predict")
+    parser.add_argument("--device", help="cuda or cuda:N: run bench_cuda.py there instead (--steps passes on)")
     args = parser.parse_args()
+    if args.device is not None:
+        if args.write or args.only or args.design:
+            parser.exit(2, "error: --device runs the CUDA benchmark alone; it takes no --write, --only or --design\n")
+        from bench_cuda import main as bench_cuda
+
+        bench_cuda(["--device", args.device, *(["--steps", str(args.steps)] if args.steps else [])])
+        return
     only = set(args.only or []) | ({"design"} if args.design else set()) or set(MEASURED)
     with tempfile.TemporaryDirectory() as tmp:
         tables = measure(only, args, Path(tmp))

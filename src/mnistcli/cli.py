@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -119,9 +120,14 @@ def train(
         False, "--tensorboard", help="Same as --set train.tensorboard=true: event files in the run folder."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", metavar="N", min=1, help="Train in N processes on this machine (torchrun, DDP)."
+    ),
 ) -> None:
     """Train and validate every epoch; write best.pt, last.pt, config.yaml, metrics.csv and curves.png."""
     setup_logging(quiet)
+    if nproc is not None:
+        run(lambda: _torchrun(nproc))
 
     def work() -> dict[str, Any]:
         if out is not None and not out.strip():
@@ -136,12 +142,16 @@ def train(
             return run_train(config, sets + (["output.overwrite=true"] if overwrite else []), out, quiet, resume)
         except TrainingInterrupted as stop:
             keep = [a for o in sets for a in ("--set", o)]  # shortcuts too: a resume without them would differ
+            ranks = os.environ.get("WORLD_SIZE", "1")  # on one machine under torchrun: resume as many ranks
+            keep += ["--nproc", ranks] if ranks != "1" and ranks == os.environ.get("LOCAL_WORLD_SIZE") else []
             again = shlex.join(["mnistcli", "train", str(config), *keep, "--resume", str(stop.checkpoint)])
             name = signal.Signals(stop.signum).name
             typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; resume with: {again}", err=True)
             raise typer.Exit(128 + stop.signum) from None
 
     metrics = run(work)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for the run
+        return
     typer.echo(
         f"best val_acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) -> {metrics['out_dir']}/best.pt"
     )
@@ -157,6 +167,21 @@ app.add_typer(cli_config.config_app, name="config")
 app.command()(cli_config.models)
 app.command("datasets")(cli_config.datasets_)
 app.command()(cli_tools.doctor)
+
+
+def _torchrun(nproc: int) -> None:
+    """`--nproc N`: this same command, without --nproc, as N processes started by torchrun (replaces this one)."""
+    if "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc: this process was already started by torchrun; give one of them")
+    args, skip = [], False
+    for arg in sys.argv[sys.argv[1:].index("train") + 2 :]:
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        args.append(arg)
+    # --standalone: a rendezvous on a free local port, so two runs on one machine never collide
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    os.execvp(sys.executable, [sys.executable, *launch, "-m", "mnistcli", "train", *args])
 
 
 def _bare_resume(args: list[str]) -> list[str]:

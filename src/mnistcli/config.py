@@ -143,6 +143,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps in all (quick trials); the schedule fits it
     tensorboard: bool = False  # write TensorBoard event files into <run folder>/tensorboard/ (mnistcli[tensorboard])
     tensorboard_every: int = 50  # optimizer steps between the per-step loss and lr points in TensorBoard
+    dist_timeout: float = 60.0  # under torchrun: seconds a rank waits for the others before the run fails
 
 
 @dataclass

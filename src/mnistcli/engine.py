@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from .nonfinite import NonFiniteWatch, nonfinite_error
 from .progress import Display, Progress
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class StepSetup:
     on_nan: str = "stop"
     skipped: list[str] = field(default_factory=list)  # "epoch/batch" of batches skipped for a non-finite loss
     stop: threading.Event = field(default_factory=threading.Event)  # set by SIGINT/SIGTERM: stop after this step
+    defer: bool | None = None  # find non-finite losses without a per-step host sync; None: on CUDA only
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -60,23 +61,38 @@ def train_one_epoch(
     seen, step, stopped = done["seen"], done["batches"], False
     lr_sum, lr_max = done["lr_sum"], done["lr_max"]
     before = done["seen"]  # images a resumed epoch had already done
-    running = lambda n: {"loss": loss_sum.item() / max(n + before, 1), "acc": correct.item() / max(n + before, 1)}
+    defer = setup.defer if setup.defer is not None else device.type == "cuda"
+    watch = NonFiniteWatch(device) if defer else None
+
+    def running(n: int) -> dict[str, float]:
+        nonlocal seen
+        if watch is not None:  # this reads the device anyway: act on every non-finite loss so far
+            seen -= watch.settle(True, setup.on_nan, setup.skipped, epoch)
+        return {"loss": loss_sum.item() / max(n + before, 1), "acc": correct.item() / max(n + before, 1)}
+
     for x, y in Progress(batches, f"epoch {epoch} train", progress).wrap(running):
         if max_batches is not None and step >= max_batches:
             break
         step += 1
         lr = setup.optimizer.param_groups[0]["lr"]  # a Python float: no device sync
         lr_sum, lr_max = lr_sum + lr, max(lr_max, lr)
-        loss, out = _step(model, x, y, setup, epoch, step)
+        loss, out = _step(model, x, y, setup, epoch, step, getattr(batches, "loss_weight", 1.0), defer)
         if loss is not None:
-            loss_sum += loss.detach().double() * len(y)
-            correct += (out.argmax(1) == y).sum()
+            # deferred: no host sync; a non-finite loss adds nothing to the sums and is acted on once the host reads it
+            bad = ~torch.isfinite(loss.detach()) if watch is not None else None
+            loss_sum += _unless(bad, loss.detach().double() * len(y))
+            correct += _unless(bad, (out.argmax(1) == y).sum())
             seen += len(y)
+            if watch is not None:
+                watch.add(step, len(y), loss)
+                seen -= watch.settle(False, setup.on_nan, setup.skipped, epoch)
             if on_step is not None:
                 on_step(epoch, step, x, loss.detach(), lr)
         if setup.stop.is_set():
             stopped = True
             break
+    if watch is not None:  # before anything is returned (and written): every step of this pass is settled
+        seen -= watch.settle(True, setup.on_nan, setup.skipped, epoch)
     sums = {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen, "batches": step}
     sums.update(lr_sum=lr_sum, lr_max=lr_max)
     return {
@@ -90,27 +106,51 @@ def train_one_epoch(
     }
 
 
+def _unless(bad: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """`value`, or zero where the device flag `bad` is set."""
+    return value if bad is None else torch.where(bad, torch.zeros_like(value), value)
+
+
 def _step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, setup: StepSetup, epoch: int, step: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    setup: StepSetup,
+    epoch: int,
+    step: int,
+    loss_weight: float = 1.0,
+    defer: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """One optimizer step; returns (loss, output), or (None, output) for a skipped non-finite batch."""
+    """One optimizer step; returns (loss, output), or (None, output) for a skipped non-finite batch.
+    `loss_weight` scales the gradient only (a rank's share of an uneven global batch under DDP). `defer`: no host
+    sync; the caller finds a non-finite loss later, and under on_nan skip the device undoes its update."""
     with _autocast(x.device, setup.amp_dtype):
         out = model(x)
         loss = setup.loss_fn(out, y)
+    if defer:
+        _update(model, loss, setup, loss_weight, ~torch.isfinite(loss.detach()) if setup.on_nan == "skip" else None)
+        return loss, out
     if not torch.isfinite(loss):
         if setup.on_nan == "stop":
-            raise UserError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {step}: training stopped, the last good "
-                "checkpoint is kept; lower optimizer.lr, set train.grad_clip, or set train.on_nan: skip"
-            )
+            raise nonfinite_error(loss.item(), epoch, step)
         setup.skipped.append(f"{epoch}/{step}")
         return None, out
+    _update(model, loss, setup, loss_weight)
+    return loss, out
+
+
+def _update(
+    model: nn.Module, loss: torch.Tensor, setup: StepSetup, loss_weight: float, undo: torch.Tensor | None = None
+) -> None:
+    """Backward, clip, optimizer and schedule step; where the device flag `undo` is set, the parameters and the
+    optimizer's state are put back as they were (on the device: no host sync)."""
+    kept = _snapshot(setup.optimizer) if undo is not None else None
     setup.optimizer.zero_grad(set_to_none=True)
     if setup.scaler is not None:
-        setup.scaler.scale(loss).backward()
+        setup.scaler.scale(loss * loss_weight).backward()
         setup.scaler.unscale_(setup.optimizer)  # clip true gradients, not scaled ones
     else:
-        loss.backward()
+        (loss * loss_weight).backward()
     if setup.grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
     if setup.scaler is not None:
@@ -118,9 +158,39 @@ def _step(
         setup.scaler.update()
     else:
         setup.optimizer.step()
+    if kept is not None and undo is not None:
+        _restore(setup.optimizer, kept, undo)
     if setup.schedule is not None:
         setup.schedule.step_batch()
-    return loss, out
+
+
+Snapshot = list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def _snapshot(optimizer: torch.optim.Optimizer) -> Snapshot:
+    """Copies of every trained parameter and of its optimizer state tensors on the same device."""
+    kept = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = {k: v.clone() for k, v in optimizer.state.get(p, {}).items() if _same_device(v, p)}
+            kept.append((p, p.detach().clone(), state))
+    return kept
+
+
+def _restore(optimizer: torch.optim.Optimizer, kept: Snapshot, undo: torch.Tensor) -> None:
+    """Where `undo` is set, put the snapshot back; state the step created starts again from zeros (its initial
+    value in torch's optimizers). State held on another device (CPU step counters) is left as it is."""
+    with torch.no_grad():
+        for p, old, state in kept:
+            p.copy_(torch.where(undo, old, p))
+            for key, value in optimizer.state.get(p, {}).items():
+                if _same_device(value, p):
+                    value.copy_(torch.where(undo, state[key] if key in state else torch.zeros_like(value), value))
+
+
+def _same_device(value: Any, p: torch.Tensor) -> bool:
+    """Whether `value` is a tensor on the parameter's device."""
+    return isinstance(value, torch.Tensor) and value.device == p.device
 
 
 @torch.inference_mode()
@@ -135,16 +205,19 @@ def evaluate(
     desc: str = "eval",
     stop: threading.Event | None = None,
     keep: bool = False,
+    across_ranks: bool = False,
 ) -> dict[str, Any]:
     """Loss, accuracy and per-class accuracy in eval mode, without gradients; `stopped` when `stop` was set
     part-way (the sums are then incomplete). `keep`: also every image's float output (`outputs`, N x classes) and
-    label (`targets`), gathered on the device and moved to the CPU once at the end."""
+    label (`targets`), gathered on the device and moved to the CPU once at the end. `across_ranks`: each torchrun
+    rank evaluated its own share of the split; the sums (and a stop on any rank) are combined over all ranks."""
     model.eval()
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     hits = torch.zeros(num_classes, dtype=torch.int64, device=device)
     totals = torch.zeros(num_classes, dtype=torch.int64, device=device)
     running = lambda n: {"loss": loss_sum.item() / max(n, 1), "acc": hits.sum().item() / max(n, 1)}
+    stopped = False
     for x, y in Progress(batches, desc, progress).wrap(running):
         with _autocast(device, amp_dtype):
             out = model(x)
@@ -154,13 +227,31 @@ def evaluate(
         if keep:
             kept.append((out.float(), y))
         if stop is not None and stop.is_set():
-            return {"stopped": True}
+            stopped = True
+            break
+    if across_ranks:  # one collective on every rank, however many batches its share held
+        stopped = _sum_ranks(loss_sum, hits, totals, stopped)
+    if stopped:
+        return {"stopped": True}
     n = int(totals.sum().item())
     kept_out = _gathered(kept, num_classes) if keep else {}
     if n == 0:
         return {"loss": math.nan, "accuracy": math.nan, "n": 0, "per_class": [math.nan] * num_classes, **kept_out}
     per_class = [h / t if t else math.nan for h, t in zip(hits.tolist(), totals.tolist())]
     return {"loss": loss_sum.item() / n, "accuracy": hits.sum().item() / n, "n": n, "per_class": per_class, **kept_out}
+
+
+def _sum_ranks(loss_sum: torch.Tensor, hits: torch.Tensor, totals: torch.Tensor, stopped: bool) -> bool:
+    """Add up the ranks' evaluation sums in place (float64: counts stay exact); whether any rank was stopped."""
+    import torch.distributed as dist
+
+    flat = torch.cat([loss_sum.view(1), hits.double(), totals.double(), loss_sum.new_tensor([float(stopped)])])
+    dist.all_reduce(flat)
+    k = hits.numel()
+    loss_sum.copy_(flat[0])
+    hits.copy_(flat[1 : 1 + k].round().long())
+    totals.copy_(flat[1 + k : 1 + 2 * k].round().long())
+    return bool(flat[-1].item() > 0)
 
 
 def _gathered(kept: list[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> dict[str, torch.Tensor]:

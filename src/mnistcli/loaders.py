@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler, Subset, default_collate
 
 from .config import Config
 from .datasets import DATASETS, check_same_classes, load_split
+from .distributed import SINGLE, ShardBatches, World
 from .errors import UserError
 from .imagefolder import Unreadable, report_unreadable, warn_skipped
 from .inputspec import InputSpec
@@ -74,13 +75,24 @@ class MemoryLoader:
 
 
 class DeviceBatches:
-    """Wraps a loader: moves each uint8 batch to the device and turns it into normalized float input."""
+    """Wraps a loader: moves each uint8 batch to the device and turns it into normalized float input.
 
-    def __init__(self, loader: Any, transform: BatchTransform, device: torch.device, seed: int) -> None:
-        self.loader, self.transform, self.device = loader, transform, device
-        self.order: EpochOrder = loader.sampler
+    Under torchrun a memory loader yields whole global batches and each rank keeps its slice (after augmentation,
+    drawn for the whole batch, so every image gets the draw it gets in one process); a DataLoader yields the slice.
+    `loss_weight` (local images * ranks / global images) makes DDP's mean of the ranks' gradients the global
+    batch's mean when the last batch does not split evenly."""
+
+    def __init__(
+        self, loader: Any, transform: BatchTransform, device: torch.device, seed: int, world: World = SINGLE
+    ) -> None:
+        self.loader, self.transform, self.device, self.world = loader, transform, device, world
+        self.sharded = isinstance(loader, DataLoader) and isinstance(loader.batch_sampler, ShardBatches)
+        sampler = loader.batch_sampler if self.sharded else loader
+        self.order: EpochOrder = sampler.sampler
+        self.batch_size: int = sampler.batch_size  # the global batch: what a resume skips
         self.generator = torch.Generator().manual_seed(seed + 1)  # augmentation draws, separate from order
         self.dataset_size = self.order.n
+        self.loss_weight, self.left = 1.0, 0
         self.reported: set[str] = set()  # files already warned about: each once per run
 
     def __len__(self) -> int:
@@ -88,6 +100,7 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[Tensors]:
         skipped = read = 0
+        self.left = len(self.order)  # images of this epoch's global batches not yet trained on
         for x, y, *bad in self.loader:  # DataLoader batches also carry the files that failed to decode
             if bad:
                 skipped += report_unreadable(bad[0], self.reported)  # here, in the main process: one line, no traceback
@@ -96,9 +109,25 @@ class DeviceBatches:
             read += len(y)
             x = x.to(self.device, non_blocking=True)  # non_blocking pays off with pinned memory on CUDA
             y = y.to(self.device, non_blocking=True)
-            yield self.transform(x, self.generator), y
+            if not self.world.active:
+                yield self.transform(x, self.generator), y
+                continue
+            yield self._local(x, y)
         if skipped:
             warn_skipped(skipped, read)
+
+    def _local(self, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+        """This rank's part of a batch as network input, and its loss weight."""
+        if self.sharded:  # the sampler took the slice: the global batch is the epoch's next one
+            global_n = min(self.batch_size, self.left)
+            self.left -= global_n
+            self.loss_weight = len(y) * self.world.size / global_n
+            return self.transform(x, self.generator), y
+        part = self.world.part(len(y))
+        self.loss_weight = (part.stop - part.start) * self.world.size / len(y)
+        if self.transform.augment is None:  # nothing drawn: transform the slice alone
+            return self.transform(x[part], self.generator), y[part]
+        return self.transform(x, self.generator)[part], y[part]
 
     def state(self) -> dict[str, torch.Tensor]:
         """RNG states that fix the data order and augmentation (for exact resume)."""
@@ -108,7 +137,7 @@ class DeviceBatches:
         """Restore what `state` returned; the next epoch then starts after `skip_batches` batches."""
         self.order.generator.set_state(state["order"])
         self.generator.set_state(state["augment"])
-        self.order.skip = skip_batches * self.loader.batch_size
+        self.order.skip = skip_batches * self.batch_size
 
 
 def _init_worker(worker_id: int) -> None:
@@ -220,13 +249,25 @@ def open_splits(
 
 
 def make_batches(
-    src: Any, cfg: Config, spec: InputSpec, device: torch.device, train: bool, channels_last: bool = False
+    src: Any,
+    cfg: Config,
+    spec: InputSpec,
+    device: torch.device,
+    train: bool,
+    channels_last: bool = False,
+    world: World = SINGLE,
 ) -> DeviceBatches:
-    """Wrap one opened split into device batches: shuffled and augmented when `train`."""
+    """Wrap one opened split into device batches: shuffled and augmented when `train`. Under torchrun training
+    batches are split across ranks; evaluation takes this rank's contiguous share of the split (each image once)."""
     batch = cfg.data.batch_size if train else cfg.data.eval_batch_size
     n = len(src[1]) if isinstance(src, tuple) else len(src)
+    if world.active and not train:
+        src = take(src, torch.arange(n)[world.part(n)])
+        n = len(src[1]) if isinstance(src, tuple) else len(src)
+        world = SINGLE  # evaluation batches are this rank's own: nothing further to split
     order = EpochOrder(n, shuffle=train, seed=cfg.seed)
-    drop_last = train and n % batch == 1  # a final batch of one sample breaks batch norm in training
+    # a final batch of one sample breaks batch norm in training; one smaller than the ranks would leave one empty
+    drop_last = train and (n % batch == 1 or 0 < n % batch < world.size)
     if isinstance(src, tuple):
         loader: Any = MemoryLoader((src[0].to(device), src[1].to(device)), batch, order, drop_last)
     else:
@@ -236,11 +277,10 @@ def make_batches(
         if workers > 0:  # once, and after multiprocessing's own exit hook (so it runs before it)
             atexit.unregister(_kill_workers_at_exit)
             atexit.register(_kill_workers_at_exit)
+        split = {"batch_sampler": ShardBatches(order, batch, drop_last, world)} if world.active else {}
         loader = DataLoader(
             src,
-            batch_size=batch,
-            sampler=order,
-            drop_last=drop_last,
+            **(split or {"batch_size": batch, "sampler": order, "drop_last": drop_last}),
             num_workers=workers,
             pin_memory=cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda",
             persistent_workers=cfg.data.persistent_workers and workers > 0,
@@ -249,4 +289,4 @@ def make_batches(
             collate_fn=collate_readable,
         )
     transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
-    return DeviceBatches(loader, transform, device, cfg.seed)
+    return DeviceBatches(loader, transform, device, cfg.seed, world)

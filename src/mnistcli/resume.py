@@ -13,6 +13,7 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, load_config
+from .distributed import gather
 from .errors import UserError
 from .runs import BEST, LAST, newest_resumable, run_dir
 from .runstate import Run, unfreeze
@@ -32,6 +33,7 @@ RESUMABLE_CHANGES = {
     "data.pin_memory",
     "data.persistent_workers",
     "data.prefetch_factor",
+    "train.dist_timeout",
 }
 
 
@@ -113,6 +115,7 @@ def resume_state(run: Run, data: dict[str, torch.Tensor], partial: dict[str, Any
         "scheduler": run.schedule.state_dict(),
         "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
         "rng": rng_state(),
+        "rank_rng": gather(rng_state()) if run.world.active else None,  # every torchrun rank's, in rank order
         "data": data,
         "partial": partial,
         "rows": run.rows,
@@ -181,6 +184,22 @@ def _state(epoch: int | None) -> str:
     return "missing" if epoch is None else f"from epoch {epoch}"
 
 
+def _restore_rng(run: Run, states: list[dict[str, Any]]) -> None:
+    """Each rank's RNG states as saved; a different number of processes resumes, but not bit for bit."""
+    world = run.world
+    if len(states) != world.size:
+        if world.main:
+            log.warning(
+                "resuming with %d process(es) a run saved by %d: it goes on, but not bit-identical to an "
+                "uninterrupted run",
+                *(world.size, len(states)),
+            )
+        if world.rank >= len(states):  # no saved states for this rank: seeded apart from the others
+            torch.manual_seed(run.cfg.seed + world.rank)
+            return
+    set_rng_state(states[world.rank])
+
+
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
     """Put a run back where a checkpoint left it: weights, optimizer, schedule, RNGs, data order, history."""
     check_training_state(ckpt)
@@ -207,6 +226,8 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
         run.setup.scaler.load_state_dict(state["scaler"])
     partial = state["partial"]
     run.train_batches.load_state(state["data"], skip_batches=partial["batches"] if partial else 0)
-    set_rng_state(state["rng"])
+    _restore_rng(run, state.get("rank_rng") or [state["rng"]])
+    if partial and run.world.rank:  # rank 0 carries the sums of the epoch's trained part; the others add theirs
+        partial = {**partial, "loss_sum": 0.0, "correct": 0, "seen": 0}
     run.epoch, run.rows, run.best, run.partial = ckpt["epoch"], state["rows"], state["best"], partial
     log.info("resumed at epoch %d%s", run.epoch + 1, f", batch {partial['batches'] + 1}" if partial else "")

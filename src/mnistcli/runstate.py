@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .config import Config
+from .distributed import SINGLE, STOP_CHECK_EVERY_CUDA, AgreedStop, World
 from .engine import StepSetup
 from .families import ModelFamily, build_model, family_of
 from .inputspec import InputSpec
@@ -44,6 +45,7 @@ class Run:
     versions: dict[str, Any] = field(default_factory=dict)  # software, commit and device, for every checkpoint
     step_model: nn.Module | None = None  # what the loop calls: the model, or its torch.compile wrapper
     run_id: str = ""  # identifies the run across resumes: the run folder's owner
+    world: World = SINGLE  # this process's rank among torchrun's processes
 
     @property
     def family(self) -> ModelFamily:
@@ -92,17 +94,31 @@ def new_run(
     classes: list[str],
     model: nn.Module,
     batches: tuple[DeviceBatches, DeviceBatches],
+    world: World = SINGLE,
 ) -> Run:
-    """Optimizer, schedule, scaler and loss around a fresh model and its (train, val) batches."""
+    """Optimizer, schedule, scaler and loss around a fresh model and its (train, val) batches; under torchrun the
+    loop calls the model through DistributedDataParallel and all ranks agree on a stop."""
     dtype = amp_dtype(cfg.train.amp, device)
     optimizer = build_optimizer(_param_groups(model, family_of(arch), cfg), cfg.optimizer)
     schedule = LRSchedule(optimizer, cfg.scheduler, cfg.train.epochs, len(batches[0]), cfg.train.max_steps)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     setup = StepSetup(build_loss(cfg.loss), optimizer, schedule, scaler, dtype, cfg.train.grad_clip, cfg.train.on_nan)
-    run = Run(cfg, out, device, spec, arch, classes, model, *batches, setup, schedule)
-    # Compiled code shares the model's parameters, so checkpoints keep saving `model` itself.
-    run.step_model = torch.compile(model) if cfg.train.compile else model
+    if world.active:
+        setup.stop = AgreedStop(STOP_CHECK_EVERY_CUDA if device.type == "cuda" else 1)
+    run = Run(cfg, out, device, spec, arch, classes, model, *batches, setup, schedule, world=world)
+    _wrap(run)
     return run
+
+
+def _wrap(run: Run) -> None:
+    """What the loop calls: the model, in DDP under torchrun, compiled when asked. All wrappers share the model's
+    parameters, so checkpoints keep saving `model` itself (the single-process format)."""
+    model = run.model
+    if run.world.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[run.device] if run.device.type == "cuda" else None)
+    run.step_model = torch.compile(model) if run.cfg.train.compile else model
 
 
 def unfreeze(run: Run) -> None:
@@ -114,4 +130,6 @@ def unfreeze(run: Run) -> None:
     params = [p for n, p in run.model.named_parameters() if n.startswith("backbone.")]
     run.setup.optimizer.add_param_group({"params": params, "lr": lr, "name": "backbone"})
     run.schedule.add_group(run.setup.optimizer.param_groups[-1], lr / run.cfg.optimizer.lr)
+    if run.world.active:  # DDP reduces the parameters that trained when it was built: build it again
+        _wrap(run)
     log.info("backbone unfrozen (lr %.3g)", lr)

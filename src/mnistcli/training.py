@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from . import distributed as ddp
 from .checkpoint import load_checkpoint, outputs_log_probs, payload, save_checkpoint
 from .config import Config, load_config
 from .engine import evaluate, train_one_epoch
@@ -61,7 +64,8 @@ def train(
     progress: 'auto' (bars in a terminal or notebook, plain lines otherwise), 'bar', 'lines' or 'off' (also
     True/False); log_every: the least seconds between two progress lines (default 30). quiet: no progress and
     no per-epoch lines."""
-    cfg = load_config(source, overrides)
+    with ddp.rank0_speaks(ddp.launched()):  # under torchrun: one line for a bad config, not one per rank
+        cfg = load_config(source, overrides)
     if out is not None:
         cfg.output.dir = str(out)
     display = resolve(progress, quiet, log_every)
@@ -75,23 +79,57 @@ def fit(cfg: Config, progress: Display | bool = False, resume: str | Path | None
 
     The run folder is locked for the whole run and written only when it is empty, this run's own (a resume), or
     output.overwrite is set. A resume continues in its checkpoint's folder unless output.dir names another."""
-    source = resume_path(cfg, resume) if resume is not None else None
-    ckpt = load_checkpoint(source) if source is not None else None
-    if ckpt is not None:
-        check_training_state(ckpt)
-    if source is not None and cfg.output.dir is None and source.parent.resolve() != run_dir(cfg).resolve():
-        cfg.output.dir = str(source.parent)
-    out = run_dir(cfg)
-    with claimed(out, run_id_of(ckpt), source, cfg.output.overwrite) as run_id:
-        if ckpt is not None and source is not None:
-            repair_best(out, ckpt, source)
-            check_epochs_left(ckpt, cfg)
-        return _fit(cfg, out, run_id, ckpt, progress)
+    world = ddp.launched()
+    if not world.active:
+        return _fit_rank(cfg, progress, resume, ddp.SINGLE)
+    try:  # under torchrun: rank 0 writes, shows progress and reports; the others only train
+        return ddp.on_ranks(world, cfg, lambda: _fit_rank(cfg, progress if world.main else False, resume, world))
+    except TrainingInterrupted as stop:
+        if world.main:
+            raise
+        raise ddp.RankExit(128 + stop.signum) from None
 
 
-def _fit(cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, progress: Display | bool) -> dict[str, Any]:
+def _fit_rank(cfg: Config, progress: Display | bool, resume: str | Path | None, world: ddp.World) -> dict[str, Any]:
+    """`fit` in one process; rank 0 claims the run folder and tells the other ranks the run's id (None: it failed)."""
+    told = not world.active
+    try:
+        source = resume_path(cfg, resume) if resume is not None else None
+        ckpt = load_checkpoint(source) if source is not None else None
+        if ckpt is not None:
+            check_training_state(ckpt)
+        if source is not None and cfg.output.dir is None and source.parent.resolve() != run_dir(cfg).resolve():
+            cfg.output.dir = str(source.parent)
+        out = run_dir(cfg)
+        if not world.main:
+            told = True
+            run_id = ddp.broadcast(None)
+            if run_id is None:
+                raise ddp.RankExit(2)
+            return _fit(cfg, out, run_id, ckpt, progress, world)
+        with claimed(out, run_id_of(ckpt), source, cfg.output.overwrite) as run_id:
+            if ckpt is not None and source is not None:
+                repair_best(out, ckpt, source)
+                check_epochs_left(ckpt, cfg)
+            if not told:
+                told = ddp.broadcast(run_id) is not None
+            return _fit(cfg, out, run_id, ckpt, progress, world)
+    except BaseException:
+        if not told:
+            ddp.broadcast(None)
+        raise
+
+
+def _fit(
+    cfg: Config,
+    out: Path,
+    run_id: str,
+    ckpt: dict[str, Any] | None,
+    progress: Display | bool,
+    world: ddp.World = ddp.SINGLE,
+) -> dict[str, Any]:
     """Build the run (data, model, optimizer; restored from `ckpt` when resuming) and train it."""
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(ddp.device_name(cfg.train.device, world))
     seed_everything(cfg.seed, cfg.train.deterministic)
     fast_math(device, cfg.train.deterministic)
     keep_freed_memory()
@@ -107,22 +145,26 @@ def _fit(cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, progr
         from .backbones import fetch_pretrained
 
         weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
-    batches = tuple(make_batches(splits[s], cfg, spec, device, train=s == "train", channels_last=cl) for s in splits)
+    n_train, n_val = (len(src[1]) if isinstance(src, tuple) else len(src) for src in splits.values())
+    batches = tuple(make_batches(splits[s], cfg, spec, device, s == "train", cl, world) for s in splits)
     arch = family.spec(cfg.model, [spec.channels, *spec.size], len(classes))
     if ckpt is not None:
         for key, (old, new) in check_resume(ckpt, cfg, arch).items():
             log.info("resuming with %s changed: %r -> %r", key, old, new)
     model = build_run_model(cfg, arch, device, cl, weights)
-    run = new_run(cfg, out, device, spec, arch, classes, model, batches)
+    run = new_run(cfg, out, device, spec, arch, classes, model, batches, world)
     run.versions, run.run_id = run_versions(device), run_id
+    if world.rank:  # the model is built alike everywhere; dropout masks from here on differ per rank
+        torch.manual_seed(cfg.seed + world.rank)
     if ckpt is not None:
         restore(run, ckpt)
-    write_config(out, cfg)
-    views = RunViews(out, spec, cfg.train.tensorboard, cfg.train.tensorboard_every, run.schedule.steps)
-    views.model = model if cfg.train.tensorboard else None
+    if world.main:
+        write_config(out, cfg)
+    tb = cfg.train.tensorboard and world.main
+    views = RunViews(out, spec, tb, cfg.train.tensorboard_every, run.schedule.steps)
+    views.model, views.curves = (model if tb else None), world.main
     summary: dict[str, Any] = {}
     with _stop_on_signals(run.setup.stop) as received:
-        n_train, n_val = (b.dataset_size for b in batches)
         log.info(
             "%s: %s on %s, %d train / %d val images, %d classes -> %s",
             *(cfg.name, cfg.model.name, device, n_train, n_val, len(classes), out),
@@ -145,7 +187,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
+        if received:  # (not stop.is_set(): under torchrun that asks every rank, which a handler must not)
             raise KeyboardInterrupt
         received.append(signum)
         stop.set()
@@ -173,8 +215,9 @@ def _checkpoint(run: Run, epoch: int, resume: dict[str, Any] | None) -> dict[str
 
 def _loop(run: Run, progress: Display | bool, received: list[int], views: RunViews) -> dict[str, Any]:
     """The epochs: train, validate, log, checkpoint; a stop (in training or validation) writes interrupted.pt."""
-    cfg = run.cfg
-    start_metrics(run.out, run.rows, run.versions)
+    cfg, main = run.cfg, run.world.main
+    if main:
+        start_metrics(run.out, run.rows, run.versions)
     for epoch in range(run.epoch + 1, cfg.train.epochs + 1):
         if cfg.train.unfreeze_at_epoch == epoch and not run.backbone_trains:
             unfreeze(run)
@@ -185,11 +228,14 @@ def _loop(run: Run, progress: Display | bool, received: list[int], views: RunVie
             run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial, budget, on_step
         )
         run.partial = None
+        if run.world.active:  # every rank's share of the epoch, for the row rank 0 writes and a resume
+            ddp.train_sums(tr, run.device)
         va = None if tr["stopped"] else _validate(run, epoch, progress)
         if va is None:  # stopped: resumable from here (after a whole epoch of training, it only re-validates)
             data = {"order": order_before["order"], "augment": run.train_batches.state()["augment"]}
-            path = run.out / INTERRUPTED
-            save_checkpoint(_checkpoint(run, epoch - 1, resume_state(run, data, tr["partial"])), path)
+            path, state = run.out / INTERRUPTED, _checkpoint(run, epoch - 1, resume_state(run, data, tr["partial"]))
+            if main:
+                save_checkpoint(state, path)
             raise TrainingInterrupted(path, received[0] if received else signal.SIGINT)
         run.schedule.step_epoch()
         row = {
@@ -207,7 +253,8 @@ def _loop(run: Run, progress: Display | bool, received: list[int], views: RunVie
         if budget is not None and tr["partial"]["batches"] >= budget:
             log.info("train.max_steps %d reached in epoch %d: the run ends here", cfg.train.max_steps, epoch)
             break
-    (run.out / INTERRUPTED).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    if main:  # the run is complete: nothing left to resume
+        (run.out / INTERRUPTED).unlink(missing_ok=True)
     summary = _summary(run)
     if run.setup.stop.is_set():  # said in the summary, so a sweep does not start its next run
         log.warning("the stop came as the last epoch ended: the run is complete")
@@ -224,8 +271,8 @@ def _steps_left(run: Run, epoch: int) -> int | None:
 
 def _validate(run: Run, epoch: int, progress: Display | bool) -> dict[str, Any] | None:
     """Validate after an epoch with the plain loss `eval` reports; None when a stop came part-way (dropped)."""
-    va = evaluate(
-        run.step_model,
+    va = evaluate(  # under torchrun: the plain model on this rank's share (DDP's forward would sync buffers)
+        run.model if run.world.active else run.step_model,
         run.val_batches,
         eval_loss(outputs_log_probs(run.arch)),
         run.device,
@@ -233,7 +280,8 @@ def _validate(run: Run, epoch: int, progress: Display | bool) -> dict[str, Any] 
         run.setup.amp_dtype,
         progress,
         f"epoch {epoch} val",
-        stop=run.setup.stop,
+        stop=getattr(run.setup.stop, "own", run.setup.stop),  # this rank's flag: evaluate agrees at its end
+        across_ranks=run.world.active,
     )
     return None if va.get("stopped") else va
 
@@ -272,7 +320,10 @@ def _end_epoch(run: Run, row: dict[str, Any], per_class: list[float]) -> None:
         run.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "per_class": per_class}
     # last.pt first: it records which epoch best.pt holds, so a kill before best.pt is written leaves what a
     # resume needs to rewrite it (resume.repair_best); the metrics row and the log line follow the files.
-    save_checkpoint(_checkpoint(run, run.epoch, resume_state(run, run.train_batches.state(), None)), run.out / LAST)
+    last = _checkpoint(run, run.epoch, resume_state(run, run.train_batches.state(), None))  # every rank: RNGs
+    if not run.world.main:
+        return
+    save_checkpoint(last, run.out / LAST)
     if is_best:  # best.pt is for eval and predict: weights and metadata only
         save_checkpoint(_checkpoint(run, run.epoch, None), run.out / BEST)
     append_metrics(run.out, row, run.versions)

@@ -122,6 +122,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.max_steps": (lambda v: v >= 1, "an integer >= 1"),
     "train.tensorboard_every": (lambda v: v >= 1, "an integer >= 1 (optimizer steps)"),
+    "train.dist_timeout": (lambda v: v > 0, "a number > 0 (seconds)"),
     "train.grad_clip": (lambda v: v > 0, "a number > 0"),
     "train.unfreeze_at_epoch": (lambda v: v >= 1, "an integer >= 1"),
     "output.dir": (lambda v: v.strip() != "", "a folder path (leave it unset for checkpoints/<name>)"),
