@@ -43,6 +43,11 @@ def write(path: Path, cfg: dict) -> Path:
     return path
 
 
+def nproc2(*args: str) -> list[str]:
+    """`mnistcli train ARGS --nproc 2`: torchrun's agent inside mnistcli's own process."""
+    return [sys.executable, "-m", "mnistcli", "train", *args, "--nproc", "2"]
+
+
 def torchrun(*args: str, nproc: int = 2) -> list[str]:
     """`torchrun --standalone` (a free port of its own) starting `mnistcli train ARGS` in `nproc` processes."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -116,7 +121,7 @@ def test_two_agents_sigint_and_resume_restore_every_rank(tmp_path: Path, caplog:
     assert sum(len(out.splitlines()) for out, _ in outs) == 1  # rank 0's summary line only
 
     cut = subprocess.Popen(
-        torchrun(str(cfg), "--out", "cut", "-q"),
+        nproc2(str(cfg), "--out", "cut", "-q"),
         cwd=tmp_path,
         env=ENV,
         stderr=subprocess.PIPE,
@@ -124,11 +129,11 @@ def test_two_agents_sigint_and_resume_restore_every_rank(tmp_path: Path, caplog:
         text=True,
     )
     wait_for(tmp_path / "cut" / "last.pt", cut)  # epoch 1 is done: the stop comes in epoch 2
-    cut.send_signal(signal.SIGINT)  # to the launcher alone: torchrun passes it on to both ranks
+    cut.send_signal(signal.SIGINT)  # to the launcher alone: the agent passes it on to both ranks
     _, err = cut.communicate(timeout=60)
-    assert cut.returncode == 1  # torchrun's own code after a signal; the ranks exit 130
-    stopped = [line for line in our_lines(err) if line.startswith("stopped by SIGINT")]
-    assert stopped == [
+    assert cut.returncode == 130, err  # as one process exits; `torchrun` itself would exit 1
+    assert "Traceback" not in err
+    assert our_lines(err) == [
         f"stopped by SIGINT: wrote cut/interrupted.pt; resume with: mnistcli train {cfg} --nproc 2 "
         "--resume cut/interrupted.pt"
     ], err
@@ -156,7 +161,7 @@ def test_two_agents_sigint_and_resume_restore_every_rank(tmp_path: Path, caplog:
 def test_a_killed_rank_stops_the_others_with_one_line(tmp_path: Path) -> None:
     cfg = write(tmp_path / "long.yaml", LONG)
     proc = subprocess.Popen(
-        torchrun(str(cfg), "--out", "run", "-q"),
+        nproc2(str(cfg), "--out", "run", "-q"),
         cwd=tmp_path,
         env=ENV,
         stderr=subprocess.PIPE,
@@ -169,12 +174,12 @@ def test_a_killed_rank_stops_the_others_with_one_line(tmp_path: Path) -> None:
     killed = time.monotonic()
     os.kill(int(rank1[0]), signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
-    assert time.monotonic() - killed < 60 and proc.returncode == 1
-    assert our_lines(err) == [
-        line for line in err.splitlines() if line.startswith("error: rank 0 of 2: lost contact with another rank (")
-    ]
-    assert len(our_lines(err)) == 1 and "torchrun's report names the rank that failed" in err
-    assert "mnistcli/" not in err  # no traceback of ours
+    assert time.monotonic() - killed < 60 and proc.returncode == 1, err
+    lost = [ln for ln in err.splitlines() if ln.startswith("error: rank 0 of 2: lost contact with another rank (")]
+    # rank 0 says it lost contact, if it noticed before the agent stopped it; the launcher names the killed rank
+    assert our_lines(err)[-1] == "error: rank 1 of 2 was killed by SIGKILL; the other ranks stopped", err
+    assert our_lines(err)[:-1] in ([], lost) and len(lost) <= 1
+    assert "Traceback" not in err
 
 
 def test_a_global_batch_that_does_not_split_is_refused() -> None:

@@ -170,7 +170,7 @@ app.command()(cli_tools.doctor)
 
 
 def _torchrun(nproc: int) -> None:
-    """`--nproc N`: this same command, without --nproc, as N processes started by torchrun (replaces this one)."""
+    """`--nproc N`: this same command, without --nproc, as N processes started by torchrun's agent."""
     if "WORLD_SIZE" in os.environ:
         raise UserError("--nproc: this process was already started by torchrun; give one of them")
     args, skip = [], False
@@ -179,9 +179,9 @@ def _torchrun(nproc: int) -> None:
             skip = arg == "--nproc"
             continue
         args.append(arg)
-    # --standalone: a rendezvous on a free local port, so two runs on one machine never collide
-    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    os.execvp(sys.executable, [sys.executable, *launch, "-m", "mnistcli", "train", *args])
+    from .distributed import launch
+
+    raise typer.Exit(launch(nproc, args))
 
 
 def _bare_resume(args: list[str]) -> list[str]:
@@ -215,4 +215,5 @@ def main() -> None:
         code = exc.exit_code
     except KeyboardInterrupt as exc:  # arrived while the arguments were parsed
         code = 143 if isinstance(exc, Terminated) else 130
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command is over: a SIGTERM now ends the exit, not a handler
     sys.exit(code if isinstance(code, int) else 0)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ def lost_rank(world: World, exc: BaseException) -> UserError:
     detail = re.sub(r"^\[[^]]*\] ?", "", text).split(". ")[0][:120] or type(exc).__name__  # no source path
     error = UserError(
         f"rank {world.rank} of {world.size}: lost contact with another rank ({detail}); stopping "
-        "(torchrun's report names the rank that failed)"
+        "(the launcher names the rank that failed)"
     )
     error.exit_code = 1
     return error
@@ -242,3 +243,33 @@ def train_sums(tr: dict[str, Any], device: torch.device) -> None:
     loss_sum, correct, seen = all_sum([part["loss_sum"], part["correct"], part["seen"]], device)
     part.update(loss_sum=loss_sum, correct=int(correct), seen=int(seen))
     tr.update(loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1), n=int(seen))
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """`train --nproc N`: torchrun's agent, in this process, runs `mnistcli train ARGS` as N ranks; the exit code.
+
+    In this process rather than an exec of `torchrun`, so that a stop exits 130/143 as a single process does and a
+    failed rank is named in one line instead of torchrun's traceback."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its notes; ranks and we speak
+    # --standalone: a rendezvous on a free local port, so two runs on one machine never collide
+    try:
+        run(parse_args(["--standalone", "--nproc_per_node", str(nproc), "-m", "mnistcli", "train", *args]))
+    except SignalException as stop:  # passed on to the ranks: rank 0 has written interrupted.pt and said so
+        return 128 + int(stop.sigval)
+    except ChildFailedError as failed:
+        # a rank killed by a signal says nothing itself: name it (SIGTERM last: the agent sends it to the ranks left);
+        # any other failed rank has printed its own line
+        rank, first = min(
+            failed.failures.items(),
+            key=lambda kv: (kv[1].exitcode >= 0, kv[1].exitcode == -signal.SIGTERM, kv[1].timestamp, kv[0]),
+        )
+        if first.exitcode >= 0:
+            return first.exitcode
+        error = UserError(f"rank {rank} of {nproc} was killed by {first.signal_name()}; the other ranks stopped")
+        error.exit_code = 1
+        raise error from None
+    return 0
