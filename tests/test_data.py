@@ -1,4 +1,4 @@
-"""Datasets through torchvision's real classes on files the tests write; splits, loaders and batch presets."""
+"""Datasets on files the tests write (the MNIST family read with numpy, others by torchvision); splits, loaders."""
 
 from __future__ import annotations
 

@@ -121,6 +121,12 @@ def test_max_steps_cuts_the_run_and_fits_the_schedule(tmp_path: Path) -> None:
     assert math.isfinite(res["epochs"][1]["val_loss"])
 
 
+def test_a_one_step_onecycle_warmup_is_one_line_not_a_division_by_zero(tmp_path: Path) -> None:
+    cfg = dict(BASE, scheduler={"name": "onecycle", "pct_start": 0.2}, train={"epochs": 1, "max_steps": 5})
+    with pytest.raises(UserError, match=r"^scheduler.pct_start 0.2 of a 5-step run is a one-step warm-up, which "):
+        train(cfg, out=tmp_path / "run", progress="off")
+
+
 def test_a_failed_start_leaves_no_empty_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = {"name": "typo", "data": {"name": "image_folder", "train_dir": "no/such/folder"}, "model": {"name": "cnn"}}

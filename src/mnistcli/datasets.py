@@ -97,14 +97,19 @@ def _idx(cls_name: str, files: tuple[str, ...], upright: bool = False, **kwargs:
     """Builder for a torchvision IDX dataset class; `upright` transposes images stored column-major (EMNIST)."""
 
     def build(cfg: DataConfig, split: str, transform: Any) -> Any:
-        from torchvision import datasets
-
+        from .idxdata import open_idx
         from .idxfiles import check_labels, check_split
 
         raw = Path(cfg.root) / cls_name / "raw"  # torchvision's layout: <root>/<class name>/raw
         _decompress_idx(raw, files)
         images, labels = (raw / name for name in (files[2:] if split == "test" else files[:2]))
         check_split(images, labels)  # before torchvision reads them: its own checks are bare asserts
+        ds = None if upright else open_idx(cls_name, cfg.root, images, labels, transform)
+        if ds is not None:  # on disk already: read with numpy, no torchvision import (seconds)
+            check_labels(labels, ds.targets, len(ds.classes))
+            return ds
+        from torchvision import datasets
+
         cls = getattr(datasets, cls_name)
         new_folders = _missing_folders(raw)  # a download creates them; a failed one must not leave them empty
         try:

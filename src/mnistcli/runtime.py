@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import random
 import subprocess
 import sys
@@ -98,17 +99,23 @@ def _git_commit() -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
+def _installed(package: str) -> str | None:
+    """An installed distribution's version, without importing it (None: not installed)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def run_versions(device: torch.device) -> dict[str, str | None]:
     """Software, commit and device that produced a run, recorded in checkpoints for reproducibility."""
-    import torchvision
-
     from . import __version__
 
     # str(): torch.__version__ is a str subclass that a weights_only load would refuse as a foreign class.
     return {
         "mnistcli": __version__,
         "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
+        "torchvision": _installed("torchvision"),  # from its metadata: importing it costs a second
         "device": str(device),
         "git_commit": _git_commit(),
     }

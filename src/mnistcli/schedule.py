@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class SchedulerEntry:
@@ -61,9 +63,13 @@ class LRSchedule:
         total = self.epochs * self.steps
         if self.max_steps is not None and self.per_batch:
             total = max(1, min(total, self.max_steps))
-        return getattr(torch.optim.lr_scheduler, entry.cls)(
-            self.optimizer, **entry.kwargs(self.cfg, self.optimizer, total)
-        )
+        kwargs = entry.kwargs(self.cfg, self.optimizer, total)
+        if entry.cls == "OneCycleLR" and float(kwargs["pct_start"] * total) == 1:
+            raise UserError(  # its first phase would end on step 0: a division by zero in torch's get_lr
+                f"scheduler.pct_start {kwargs['pct_start']:g} of a {total}-step run is a one-step warm-up, which "
+                "onecycle cannot schedule; change scheduler.pct_start or the run's length"
+            )
+        return getattr(torch.optim.lr_scheduler, entry.cls)(self.optimizer, **kwargs)
 
     def step_batch(self) -> None:
         """After each optimizer step."""
