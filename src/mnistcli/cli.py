@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import shlex
 import signal
@@ -139,7 +141,8 @@ def train(
         from .training import train as run_train
 
         try:
-            return run_train(config, sets + (["output.overwrite=true"] if overwrite else []), out, quiet, resume)
+            overrides = sets + (["output.overwrite=true"] if overwrite else [])
+            return run_train(config, overrides, out, quiet, resume, launched=True)
         except TrainingInterrupted as stop:
             keep = [a for o in sets for a in ("--set", o)]  # shortcuts too: a resume without them would differ
             ranks = os.environ.get("WORLD_SIZE", "1")  # on one machine under torchrun: resume as many ranks
@@ -216,4 +219,17 @@ def main() -> None:
     except KeyboardInterrupt as exc:  # arrived while the arguments were parsed
         code = 143 if isinstance(exc, Terminated) else 130
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command is over: a SIGTERM now ends the exit, not a handler
-    sys.exit(code if isinstance(code, int) else 0)
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _exit(code: int) -> None:
+    """End the process. Once torch is loaded, Python's teardown of its thousands of modules takes about a second
+    on a small CPU and does nothing a finished command needs: run the exit handlers (logging, DataLoader workers,
+    temporary files), flush the streams, and leave without it."""
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there
+            stream.flush()
+    os._exit(code)

@@ -53,13 +53,15 @@ def run_epochs(run: Run, progress: Display | bool, received: list[int], views: R
         start, order_before = time.perf_counter(), run.train_batches.state()
         budget = _steps_left(run, epoch)
         on_step = views.step if views.tb is not None else None
-        tr = train_one_epoch(
-            run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial, budget, on_step
-        )
+        with run.watch("training"):
+            tr = train_one_epoch(
+                run.step_model, run.train_batches, run.setup, run.device, epoch, progress, run.partial, budget, on_step
+            )
         run.partial = None
         if run.world.active:  # every rank's share of the epoch, for the row rank 0 writes and a resume
             ddp.train_sums(tr, run.device)
-        va = None if tr["stopped"] else _validate(run, epoch, progress)
+        with run.watch("validation"):
+            va = None if tr["stopped"] else _validate(run, epoch, progress)
         if va is None:  # stopped: resumable from here (after a whole epoch of training, it only re-validates)
             data = {"order": order_before["order"], "augment": run.train_batches.state()["augment"]}
             path, state = run.out / INTERRUPTED, _checkpoint(run, epoch - 1, resume_state(run, data, tr["partial"]))
@@ -77,8 +79,10 @@ def run_epochs(run: Run, progress: Display | bool, received: list[int], views: R
             "lr_max": tr["lr_max"],
             "seconds": time.perf_counter() - start,
         }
-        _end_epoch(run, row, va["per_class"])
-        views.epoch(row)
+        with run.watch("checkpoints"):
+            _end_epoch(run, row, va["per_class"])
+        with run.watch("views"):  # curves.png, TensorBoard
+            views.epoch(row)
         if budget is not None and tr["partial"]["batches"] >= budget:
             log.info("train.max_steps %d reached in epoch %d: the run ends here", cfg.train.max_steps, epoch)
             break

@@ -19,6 +19,7 @@ from .loaders import DeviceBatches
 from .optim import build_loss, build_optimizer
 from .runtime import amp_dtype
 from .schedule import LRSchedule
+from .stopwatch import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Run:
     step_model: nn.Module | None = None  # what the loop calls: the model, or its torch.compile wrapper
     run_id: str = ""  # identifies the run across resumes: the run folder's owner
     world: World = SINGLE  # this process's rank among torchrun's processes
+    watch: Stopwatch = field(default_factory=Stopwatch)  # seconds by phase: training, validation, checkpoints
 
     @property
     def family(self) -> ModelFamily:

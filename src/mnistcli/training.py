@@ -32,9 +32,10 @@ from .resume import (
 )
 from .runfolder import claimed
 from .runs import run_dir, write_config
-from .runstate import build_run_model, new_run
+from .runstate import Run, build_run_model, new_run
 from .runtime import fast_math, keep_freed_memory, resolve_device, run_versions, seed_everything
 from .runviews import RunViews
+from .stopwatch import Stopwatch, since_launch
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,14 @@ def train(
     resume: str | Path | None = None,
     progress: bool | str | None = "auto",
     log_every: float | None = None,
+    launched: bool = False,
 ) -> dict[str, Any]:
     """Train from a YAML path, dict or Config (plus `a.b=value` overrides); returns the run's metrics.
 
     progress: 'auto' (bars in a terminal or notebook, plain lines otherwise), 'bar', 'lines' or 'off' (also
     True/False); log_every: the least seconds between two progress lines (default 30). quiet: no progress and
-    no per-epoch lines."""
+    no per-epoch lines. launched: the process was started for this run (the CLI), so its timings count from the
+    process's start rather than from this call."""
     with ddp.rank0_speaks(ddp.launched()):  # under torchrun: one line for a bad config, not one per rank
         cfg = load_config(source, overrides)
     if out is not None:
@@ -60,26 +63,32 @@ def train(
     display = resolve(progress, quiet, log_every)
     if not quiet:
         ensure_visible()
-    return fit(cfg, progress=display, resume=resume)
+    return fit(cfg, progress=display, resume=resume, launched=launched)
 
 
-def fit(cfg: Config, progress: Display | bool = False, resume: str | Path | None = None) -> dict[str, Any]:
+def fit(
+    cfg: Config, progress: Display | bool = False, resume: str | Path | None = None, launched: bool = False
+) -> dict[str, Any]:
     """Run a valid config: train, validate every epoch, write best.pt, last.pt, config.yaml, metrics.csv.
 
     The run folder is locked for the whole run and written only when it is empty, this run's own (a resume), or
     output.overwrite is set. A resume continues in its checkpoint's folder unless output.dir names another."""
-    world = ddp.launched()
+    world, origin = ddp.launched(), 0.0 if launched else since_launch()  # seconds after the process start
     if not world.active:
-        return _fit_rank(cfg, progress, resume, ddp.SINGLE)
+        return _fit_rank(cfg, progress, resume, ddp.SINGLE, origin)
     try:  # under torchrun: rank 0 writes, shows progress and reports; the others only train
-        return ddp.on_ranks(world, cfg, lambda: _fit_rank(cfg, progress if world.main else False, resume, world))
+        return ddp.on_ranks(
+            world, cfg, lambda: _fit_rank(cfg, progress if world.main else False, resume, world, origin)
+        )
     except TrainingInterrupted as stop:
         if world.main:
             raise
         raise ddp.RankExit(128 + stop.signum) from None
 
 
-def _fit_rank(cfg: Config, progress: Display | bool, resume: str | Path | None, world: ddp.World) -> dict[str, Any]:
+def _fit_rank(
+    cfg: Config, progress: Display | bool, resume: str | Path | None, world: ddp.World, origin: float
+) -> dict[str, Any]:
     """`fit` in one process; rank 0 claims the run folder and tells the other ranks the run's id (None: it failed)."""
     told = not world.active
     try:
@@ -95,14 +104,14 @@ def _fit_rank(cfg: Config, progress: Display | bool, resume: str | Path | None, 
             run_id = ddp.broadcast(None)
             if run_id is None:
                 raise ddp.RankExit(2)
-            return _fit(cfg, out, run_id, ckpt, progress, world)
+            return _fit(cfg, out, run_id, ckpt, progress, world, origin)
         with claimed(out, run_id_of(ckpt), source, cfg.output.overwrite) as run_id:
             if ckpt is not None and source is not None:
                 repair_best(out, ckpt, source)
                 check_epochs_left(ckpt, cfg)
             if not told:
                 told = ddp.broadcast(run_id) is not None
-            return _fit(cfg, out, run_id, ckpt, progress, world)
+            return _fit(cfg, out, run_id, ckpt, progress, world, origin)
     except BaseException:
         if not told:
             ddp.broadcast(None)
@@ -116,32 +125,78 @@ def _fit(
     ckpt: dict[str, Any] | None,
     progress: Display | bool,
     world: ddp.World = ddp.SINGLE,
+    origin: float = 0.0,
 ) -> dict[str, Any]:
-    """Build the run (data, model, optimizer; restored from `ckpt` when resuming) and train it."""
-    device = resolve_device(ddp.device_name(cfg.train.device, world))
-    seed_everything(cfg.seed, cfg.train.deterministic)
-    fast_math(device, cfg.train.deterministic)
-    keep_freed_memory()
-    family = MODELS[cfg.model.name]
-    spec = input_spec(cfg)
-    # the architecture and its memory, checked on the meta device before any data is read (2 classes: a lower bound)
-    in_shape = (spec.channels, *spec.size)
-    check_fits(probe_model(family.spec(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size), device)
+    """Build the run (data, model, optimizer; restored from `ckpt` when resuming) and train it; its timings count
+    from `origin` seconds after the process started."""
+    watch = Stopwatch()
+    run, n_train, n_val = _build(cfg, out, run_id, ckpt, world, watch)
+    tb = cfg.train.tensorboard and world.main
+    views = RunViews(out, run.spec, tb, cfg.train.tensorboard_every, run.schedule.steps)
+    views.model, views.curves = (run.model if tb else None), world.main
+    summary: dict[str, Any] = {}
+    with _stop_on_signals(run.setup.stop) as received:
+        log.info(
+            "%s: %s on %s, %d train / %d val images, %d classes -> %s",
+            *(cfg.name, cfg.model.name, run.device, n_train, n_val, len(run.classes), out),
+        )
+        start = since_launch() - origin  # from launch: interpreter, imports, config, run folder, the phases above
+        before = start - sum(watch.seconds.values())
+        where = "launch" if origin == 0.0 else "the call"
+        log.info(
+            "startup %.2f s from %s to the first step: imports and config %.2f s, %s",
+            start,
+            where,
+            before,
+            watch.line(),
+        )
+        watch.seconds = {"startup": start}
+        run.watch = watch
+        try:
+            summary = run_epochs(run, progress, received, views)
+            return summary
+        finally:  # hparams only for a run that ended; event files are closed either way
+            final = {k: summary[k] for k in ("best_val_acc", "best_epoch")} if summary else {}
+            with watch("closing"):
+                views.close(cfg.to_dict(), final)
+            total = since_launch() - origin
+            watch.add("other", total - sum(watch.seconds.values()))
+            log.info("time %.2f s since %s: %s", total, where, watch.line())
+
+
+def _build(
+    cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, world: ddp.World, watch: Stopwatch
+) -> tuple[Run, int, int]:
+    """The run's device, checks, data, model and optimizer (timed by phase), with its training and validation sizes."""
+    with watch("checks"):
+        device = resolve_device(ddp.device_name(cfg.train.device, world))
+        seed_everything(cfg.seed, cfg.train.deterministic)
+        fast_math(device, cfg.train.deterministic)
+        keep_freed_memory()
+        family = MODELS[cfg.model.name]
+        spec = input_spec(cfg)
+        # the architecture and its memory, checked on the meta device before any data is read (2 classes: a bound)
+        in_shape = (spec.channels, *spec.size)
+        check_fits(probe_model(family.spec(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size), device)
     cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
-    splits, classes = open_splits(cfg, spec, ["train", "val"])  # missing data is reported before missing weights
+    with watch("data"):
+        splits, classes = open_splits(cfg, spec, ["train", "val"])  # missing data reported before missing weights
     weights = None
     if family.transfer and cfg.model.pretrained and ckpt is None:
         from .backbones import fetch_pretrained
 
-        weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
+        with watch("weights"):
+            weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
     n_train, n_val = (len(src[1]) if isinstance(src, tuple) else len(src) for src in splits.values())
-    batches = tuple(make_batches(splits[s], cfg, spec, device, s == "train", cl, world) for s in splits)
+    with watch("data"):
+        batches = tuple(make_batches(splits[s], cfg, spec, device, s == "train", cl, world) for s in splits)
     arch = family.spec(cfg.model, [spec.channels, *spec.size], len(classes))
     if ckpt is not None:
         for key, (old, new) in check_resume(ckpt, cfg, arch).items():
             log.info("resuming with %s changed: %r -> %r", key, old, new)
-    model = build_run_model(cfg, arch, device, cl, weights)
-    run = new_run(cfg, out, device, spec, arch, classes, model, batches, world)
+    with watch("model"):
+        model = build_run_model(cfg, arch, device, cl, weights)
+        run = new_run(cfg, out, device, spec, arch, classes, model, batches, world)
     run.versions, run.run_id = run_versions(device), run_id
     if world.rank:  # the model is built alike everywhere; dropout masks from here on differ per rank
         torch.manual_seed(cfg.seed + world.rank)
@@ -149,21 +204,7 @@ def _fit(
         restore(run, ckpt)
     if world.main:
         write_config(out, cfg)
-    tb = cfg.train.tensorboard and world.main
-    views = RunViews(out, spec, tb, cfg.train.tensorboard_every, run.schedule.steps)
-    views.model, views.curves = (model if tb else None), world.main
-    summary: dict[str, Any] = {}
-    with _stop_on_signals(run.setup.stop) as received:
-        log.info(
-            "%s: %s on %s, %d train / %d val images, %d classes -> %s",
-            *(cfg.name, cfg.model.name, device, n_train, n_val, len(classes), out),
-        )
-        try:
-            summary = run_epochs(run, progress, received, views)
-            return summary
-        finally:  # hparams only for a run that ended; event files are closed either way
-            final = {k: summary[k] for k in ("best_val_acc", "best_epoch")} if summary else {}
-            views.close(cfg.to_dict(), final)
+    return run, n_train, n_val
 
 
 @contextlib.contextmanager
