@@ -6,6 +6,8 @@
     python scripts/bench.py --design --write            # the training-step variants behind the defaults
     python scripts/bench.py --design --steps 3 --repeats 1          # a quick check that every variant runs
     python scripts/bench.py --device cuda               # the CUDA benchmark (bench_cuda.py): printed, never written
+    python scripts/bench.py --only fast --baseline REV [--examples EXAMPLES/mnist/main.py] --write
+                                                        # launch-to-exit times against revision REV, side by side
 
 Each figure is the median of several runs; throughput pairs are measured alternately in one process, so machine
 noise hits both sides alike. `--write` replaces only the sections this run measured, each between its own
@@ -18,6 +20,7 @@ measure them, and bench_page.py renders and replaces them in the page.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -55,7 +58,24 @@ def measure(only: set[str], args: argparse.Namespace, tmp: Path) -> dict[str, st
         tables["digits"] = table(digits(cnn, args.digits, tmp))
     if "design" in only:
         tables["design"] = table(design(args.repeats, args.steps or 40, args.batch))
+    if "fast" in only:
+        tables["fast"] = _fast(args, tmp)
     return tables
+
+
+def _fast(args: argparse.Namespace, tmp: Path) -> str:
+    """The fast section, with revision `--baseline` checked out beside this tree for the before/now pairs."""
+    from bench_fast import fast
+
+    if not args.baseline:
+        raise SystemExit("error: --only fast needs --baseline REV (the revision to compare against)")
+    base = tmp / "baseline"
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(base), args.baseline], cwd=REPO, check=True)
+    try:
+        examples = Path(args.examples).resolve() if args.examples else None
+        return fast(args.repeats, base, examples, tmp)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, check=False)
 
 
 def main() -> None:
@@ -77,6 +97,8 @@ def main() -> None:
         help="replace the measured sections in PAGE (default docs/BENCHMARKS.md); without it nothing is written",
     )
     parser.add_argument("--digits", type=int, default=500, help="MNIST-derived user-style digits to predict")
+    parser.add_argument("--baseline", metavar="REV", help="fast section: the git revision to compare against")
+    parser.add_argument("--examples", metavar="MAIN_PY", help="fast section: pytorch/examples' mnist/main.py")
     parser.add_argument("--device", help="cuda or cuda:N: run bench_cuda.py there instead (--steps passes on)")
     args = parser.parse_args()
     if args.device is not None:

@@ -34,6 +34,7 @@ SECTIONS = {
     "eval": "Evaluation throughput on the MNIST test split",
     "digits": "Predict on digits as users draw them (dark on light, RGB, odd sizes, margins), mnist_cnn model",
     "design": "Design measurements behind the defaults (pytorch/examples network, steady-state steps)",
+    "fast": "Fifteen seconds: `mnist_fast` from launch to exit, against an earlier revision and pytorch/examples",
 }
 
 
