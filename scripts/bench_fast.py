@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench_commands import REPO
 
@@ -32,33 +33,46 @@ def tree_env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tree / "src")}
 
 
-def config_runs(config: str, repeats: int, tree: Path, out_root: Path) -> dict[str, float | list[float]]:
-    """`mnistcli train CONFIG` from launch to exit, `mnistcli eval` of its best.pt, and the logged breakdown."""
-    walls, accs, parts = [], [], []
+def config_run(config: str, tree: Path, out: Path) -> tuple[float, float, dict[str, float]]:
+    """`mnistcli train CONFIG` from `tree`, launch to exit; the test accuracy of its best.pt by this tree's `eval`;
+    the breakdown `train` logged (none from a revision that did not log one)."""
+    cmd = [sys.executable, "-m", "mnistcli", "train", config, "--out", str(out), "--overwrite"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, env=tree_env(tree))
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} (in {tree}) failed:\n{proc.stderr}")
+    ev = [sys.executable, "-m", "mnistcli", "eval", "--ckpt", str(out / "best.pt"), "--json", "--no-report"]
+    acc = json.loads(subprocess.run(ev, capture_output=True, text=True, cwd=REPO).stdout)["accuracy"]
+    print(config, tree.name, round(wall, 2), acc, startup(proc.stderr), flush=True)
+    return wall, acc, startup(proc.stderr)
+
+
+def config_runs(config: str, repeats: int, trees: tuple[Path, Path], out_root: Path) -> list[dict[str, Any]]:
+    """Both trees' runs of `config`, alternating (so that machine noise hits both alike); per tree, the launch-to-exit
+    times, test accuracies and the medians of the logged breakdown."""
+    runs: list[list[tuple[float, float, dict[str, float]]]] = [[], []]
     for i in range(repeats):
-        out = out_root / f"{tree.name}-{Path(config).stem}-{i}"
-        cmd = [sys.executable, "-m", "mnistcli", "train", config, "--out", str(out), "--overwrite"]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, env=tree_env(tree))
-        walls.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} (in {tree}) failed:\n{proc.stderr}")
-        parts.append(startup(proc.stderr))
-        ev = [sys.executable, "-m", "mnistcli", "eval", "--ckpt", str(out / "best.pt"), "--json", "--no-report"]
-        accs.append(json.loads(subprocess.run(ev, capture_output=True, text=True, cwd=REPO).stdout)["accuracy"])
-        print(config, tree.name, round(walls[-1], 2), accs[-1], parts[-1], flush=True)
-    median = {k: statistics.median(p.get(k, 0.0) for p in parts) for k in ("startup", *PHASES)} if parts[0] else {}
-    return {"walls": walls, "accs": accs, **median}
+        for k, tree in enumerate(trees):
+            runs[k].append(config_run(config, tree, out_root / f"{tree.name}-{Path(config).stem}-{i}"))
+    results = []
+    for done in runs:
+        parts = [p for _, _, p in done]
+        median = {k: statistics.median(p.get(k, 0.0) for p in parts) for k in ("startup", *PHASES)}
+        results.append({"walls": [w for w, _, _ in done], "accs": [a for _, a, _ in done], **median})
+    return results
 
 
-def command_time(args: list[str], tree: Path, repeats: int) -> float:
-    """Median wall time of `python -m mnistcli ARGS` run from `tree`."""
-    times = []
+def command_times(args: list[str], trees: tuple[Path, Path], repeats: int) -> list[float]:
+    """Median wall time of `python -m mnistcli ARGS` run from each tree, the trees alternating."""
+    times: list[list[float]] = [[], []]
     for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mnistcli", *args], capture_output=True, cwd=tree, env=tree_env(tree))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for k, tree in enumerate(trees):
+            start = time.perf_counter()
+            cmd = [sys.executable, "-m", "mnistcli", *args]
+            subprocess.run(cmd, capture_output=True, cwd=tree, env=tree_env(tree))
+            times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def examples_to_99(main_py: Path, work: Path, epochs: int = 6) -> dict[str, str]:
@@ -92,7 +106,7 @@ def fast(repeats: int, baseline: Path, examples: Path | None, tmp: Path) -> str:
     rows, now = [], {}
     configs = ["configs/mnist_fast.yaml", "configs/mnist_cnn.yaml", "configs/mnist_mlp.yaml"]
     for config in configs:
-        before, now[config] = (config_runs(config, repeats, tree, tmp) for tree in (baseline, REPO))
+        before, now[config] = config_runs(config, repeats, (baseline, REPO), tmp)
         for label, res in (("before", before), ("now", now[config])):
             rows.append(
                 {
@@ -106,9 +120,9 @@ def fast(repeats: int, baseline: Path, examples: Path | None, tmp: Path) -> str:
     ckpt = str(tmp / f"{REPO.name}-mnist_fast-0" / "best.pt")
     image = str(REPO / "data" / "samples" / "digit_7.png")
     for what, args in (("predict one image", ["predict", image, "--ckpt", ckpt]), ("--help", ["--help"])):
-        for label, tree in (("before", baseline), ("now", REPO)):
-            seconds = round(command_time(args, tree, max(repeats, 5)), 2)
-            rows.append({"what": what, "tree": label, "launch to exit s (median)": seconds})
+        medians = command_times(args, (baseline, REPO), max(repeats, 5))
+        for label, seconds in zip(("before", "now"), medians):
+            rows.append({"what": what, "tree": label, "launch to exit s (median)": round(seconds, 2)})
             rows[-1].update({"test accuracy (median)": "-", "test accuracy (min)": "-"})
     fast_now = now[configs[0]]
     parts = [{"startup s": round(fast_now["startup"], 2), **{p: round(fast_now[p], 2) for p in PHASES}}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import yaml
 from mnistcli import evaluate
 from mnistcli.distributed import World, check_batch
 from mnistcli.errors import UserError
+from mnistcli.evaluation import evaluate_checkpoint
 from mnistcli.runs import read_metrics
 from mnistcli.training import train
 
@@ -48,10 +50,10 @@ def nproc2(*args: str) -> list[str]:
     return [sys.executable, "-m", "mnistcli", "train", *args, "--nproc", "2"]
 
 
-def torchrun(*args: str, nproc: int = 2) -> list[str]:
-    """`torchrun --standalone` (a free port of its own) starting `mnistcli train ARGS` in `nproc` processes."""
+def torchrun(*args: str, nproc: int = 2, command: str = "train") -> list[str]:
+    """`torchrun --standalone` (a free port of its own) starting `mnistcli COMMAND ARGS` in `nproc` processes."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return [*launch, "-m", "mnistcli", "train", *args]
+    return [*launch, "-m", "mnistcli", command, *args]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -92,6 +94,21 @@ def test_two_processes_via_nproc_train_like_one_and_validate_exactly(tmp_path: P
     # different batch, image, augmentation or loss weighting (those move weights by 1e-3 and more).
     w1, w2 = weights(tmp_path / "one" / "last.pt"), weights(two / "last.pt")
     assert all(torch.allclose(w1[k], w2[k], rtol=0, atol=1e-5) for k in w1)
+    # eval under torchrun: each rank scores a contiguous share, rank 0 alone reports what one process reports
+    ev = subprocess.run(
+        torchrun("--ckpt", "two/best.pt", "--json", "--no-report", command="eval"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert ev.returncode == 0, ev.stderr
+    two_ranks, one_rank = json.loads(ev.stdout), evaluate_checkpoint(two / "best.pt", device="cpu")
+    assert two_ranks["n"] == one_rank["n"] == 62 and two_ranks["accuracy"] == one_rank["accuracy"]
+    assert two_ranks["confusion_matrix"] == one_rank["confusion_matrix"]
+    # outputs of other batch groupings (a share's batches, not the split's) differ in float rounding only
+    assert (two_ranks["loss"], two_ranks["ece"]) == pytest.approx((one_rank["loss"], one_rank["ece"]), abs=1e-6)
     row = read_metrics(two)[-1]  # train metrics summed over the ranks: the numbers one process reports
     assert (row["train_loss"], row["train_acc"]) == pytest.approx(
         (one["final"]["train_loss"], one["final"]["train_acc"]), abs=1e-5
@@ -180,6 +197,17 @@ def test_a_killed_rank_stops_the_others_with_one_line(tmp_path: Path) -> None:
     assert our_lines(err)[-1] == "error: rank 1 of 2 was killed by SIGKILL; the other ranks stopped", err
     assert our_lines(err)[:-1] in ([], lost) and len(lost) <= 1
     assert "Traceback" not in err
+
+
+def test_on_nan_skip_is_refused_under_torchrun(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "skip.yaml", {**SAME, "train": {"epochs": 1, "on_nan": "skip"}})
+    proc = subprocess.run(
+        torchrun(str(cfg), "--out", "run"), cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=120
+    )
+    assert proc.returncode != 0 and not (tmp_path / "run").exists()
+    assert our_lines(proc.stderr) == [
+        "error: train.on_nan: skip works in one process only; under torchrun use stop (the default)"
+    ], proc.stderr
 
 
 def test_a_global_batch_that_does_not_split_is_refused() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ def eval_(
     """Accuracy (with its 95% interval), loss, per-class precision/recall/F1, the confusion matrix and the
     calibration error of a checkpoint on a split of its dataset; saved as a JSON report."""
     setup_logging(as_json)
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: each rank scores its share, rank 0 reports
+    if ranks > 1 and (len(ckpt) > 1 or calibrate):
+        what = "comparing two checkpoints" if len(ckpt) > 1 else "--calibrate"
+        run(lambda: _refuse(f"eval: {what} runs in one process; run it without torchrun"))
     if len(ckpt) > 1:
         _compare(ckpt, split, data_root, device, as_json)
         return
@@ -64,6 +69,8 @@ def eval_(
         return _evaluate(ckpt[0], split, data_root, device, plots, not as_json and sys.stderr.isatty()), path
 
     res, path = run(work)
+    if os.environ.get("RANK", "0") != "0":
+        return
     if as_json:
         typer.echo(json.dumps(res))
     else:
@@ -77,6 +84,11 @@ def eval_(
 
 
 PICTURES = ("confusion_matrix.png", "mistakes.png", "reliability.png")
+
+
+def _refuse(message: str) -> None:
+    """Raise `message` as a user error (one line, exit code 2)."""
+    raise UserError(message)
 
 
 def _check_plots(folder: Path) -> None:
@@ -107,10 +119,16 @@ def _evaluate(ckpt: Path, split: str, data_root: Path | None, device: str, plots
     diagram as PNGs."""
     import numpy as np
 
+    from . import distributed as ddp
     from .evaluation import eval_details, mistake_images
 
-    details = eval_details(ckpt, split, data_root, device, progress=bar)
-    if plots is None:
+    world = ddp.launched()
+    try:
+        with ddp.rank0_speaks(world):
+            details = eval_details(ckpt, split, data_root, device, progress=bar and world.main)
+    finally:
+        ddp.stop()
+    if plots is None or not world.main:
         return details.report
     from .plots import save_confusion_matrix, save_mistakes, save_reliability
 

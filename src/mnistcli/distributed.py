@@ -212,6 +212,8 @@ def rank0_speaks(world: World) -> Iterator[None]:
     except UserError as exc:
         if world.main or isinstance(exc, RankExit):
             raise
+        if getattr(exc, "own", False):  # not what every rank finds alike (a config): this rank says it
+            raise UserError(f"rank {world.rank} of {world.size}: {exc}") from None
         raise RankExit(exc.exit_code) from None
 
 
@@ -223,6 +225,8 @@ def on_ranks(world: World, cfg: Any, body: Callable[[], T]) -> T:
     try:
         with rank0_speaks(world):
             check_batch(cfg.data.batch_size, world)
+            if cfg.train.on_nan == "skip":  # a rank skipping its step would leave the others' gradients unmatched
+                raise UserError("train.on_nan: skip works in one process only; under torchrun use stop (the default)")
             device = resolve_device(device_name(cfg.train.device, world))
             start(world, device, cfg.train.dist_timeout)
             return body()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed as ddp
 from .checkpoint import load_model, outputs_log_probs
 from .config import Config, load_config
 from .engine import evaluate
@@ -60,11 +61,20 @@ class Opened:
         """engine.evaluate over the split, outputs divided by `temperature`, every image's output and label kept."""
         log_probs = outputs_log_probs(self.info["arch"])
         model = self.model if temperature == 1.0 else Tempered(self.model, temperature, log_probs)
-        batches = make_batches(self.data, self.cfg, self.info["input_spec"], self.device, train=False)
+        world = ddp.launched()  # under torchrun: this rank's contiguous share of the split, each image once
+        batches = make_batches(self.data, self.cfg, self.info["input_spec"], self.device, False, world=world)
         width, desc = len(self.info["classes"]), desc or f"eval {self.split}"
-        return evaluate(
-            model, batches, eval_loss(log_probs), self.device, width, progress=progress, desc=desc, keep=True
+        res = evaluate(
+            *(model, batches, eval_loss(log_probs), self.device, width),
+            progress=progress,
+            desc=desc,
+            keep=True,
+            across_ranks=world.active,
         )
+        if world.active:  # the shares in rank order are the split in its order: per-image results as one process
+            shares = ddp.gather((res["outputs"], res["targets"]))
+            res["outputs"], res["targets"] = (torch.cat([share[i] for share in shares]) for i in (0, 1))
+        return res
 
 
 @dataclass
@@ -93,9 +103,11 @@ def open_for_eval(
     to use (the same dataset and classes, else one line)."""
     if split not in SPLITS:
         raise UserError(f"--split '{split}' is not a split; allowed: {', '.join(SPLITS)}")
-    dev = resolve_device(device, "--device")
+    world = ddp.launched()
+    dev = resolve_device(ddp.device_name(device, world), "--device")
     model, info = load_model(ckpt_path, dev)
     cfg = load_config(info["config"], stored=True)
+    ddp.start(world, dev, cfg.train.dist_timeout)  # under torchrun (nothing otherwise): ranks share the split
     if like is not None:
         _check_comparable(like, cfg, info, ckpt_path)
         for key in LOCATION:
