@@ -17,6 +17,7 @@ from typing import Any
 from bench_commands import REPO
 
 PHASES = ("imports and config", "checks", "data", "model")  # the startup line's parts, in its order
+RUN_PHASES = ("training", "validation", "checkpoints", "views")  # the end line's phases after the startup
 
 
 def startup(stderr: str) -> dict[str, float]:
@@ -58,7 +59,7 @@ def config_runs(config: str, repeats: int, trees: tuple[Path, Path], out_root: P
     results = []
     for done in runs:
         parts = [p for _, _, p in done]
-        median = {k: statistics.median(p.get(k, 0.0) for p in parts) for k in ("startup", *PHASES)}
+        median = {k: statistics.median(p.get(k, 0.0) for p in parts) for k in ("startup", *PHASES, *RUN_PHASES)}
         results.append({"walls": [w for w, _, _ in done], "accs": [a for _, a, _ in done], **median})
     return results
 
@@ -125,8 +126,15 @@ def fast(repeats: int, baseline: Path, examples: Path | None, tmp: Path) -> str:
             rows.append({"what": what, "tree": label, "launch to exit s (median)": round(seconds, 2)})
             rows[-1].update({"test accuracy (median)": "-", "test accuracy (min)": "-"})
     fast_now = now[configs[0]]
-    parts = [{"startup s": round(fast_now["startup"], 2), **{p: round(fast_now[p], 2) for p in PHASES}}]
-    body = [_table(rows), "", "Startup of `mnistcli train configs/mnist_fast.yaml` (medians, as `train` logs it):", ""]
+    parts = [
+        {
+            "config": Path(c).stem,
+            "startup s": round(r["startup"], 2),
+            **{p: round(r[p], 2) for p in PHASES + RUN_PHASES},
+        }
+        for c, r in now.items()
+    ]
+    body = [_table(rows), "", "Where the time went now (medians of what `train` logs; seconds):", ""]
     body.append(_table(parts))
     if examples is not None:
         ex = examples_to_99(examples, tmp / "examples")
