@@ -17,8 +17,7 @@ from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
 from mnistcli.cli import app
-from mnistcli.cli_config import SPLITS
-from mnistcli.config import Config, DataConfig, ModelConfig, load_config
+from mnistcli.config import Config, ModelConfig, load_config
 from mnistcli.configschema import config_schema, range_schema
 from mnistcli.datasets import DATASETS
 from mnistcli.errors import ConfigError
@@ -280,7 +279,7 @@ def test_datasets_lists_every_dataset_with_its_sizes_and_what_is_under_the_root(
     assert rows["emnist_letters"] == ["1x28x28", "27", "124,800", "20,800", "missing"]
     assert rows["image_folder"] == ["any", "-", "-", "-", "not", "applicable"]
     assert rows["fake"] == ["1x28x28", "10", "1,000", "250", "not", "applicable"]  # its defaults
-    assert all(rows[name][-1] == "missing" for name in SPLITS if name != "mnist")
+    assert all(rows[name][-1] == "missing" for name in DATASETS if DATASETS[name].sizes and name != "mnist")
 
 
 def test_published_sizes_agree_with_the_registry_and_torchvision() -> None:
@@ -289,6 +288,10 @@ def test_published_sizes_agree_with_the_registry_and_torchvision() -> None:
     classes = {"mnist": datasets.MNIST.classes, "fashion_mnist": datasets.FashionMNIST.classes}
     classes["kmnist"] = datasets.KMNIST.classes
     classes |= {f"emnist_{s}": datasets.EMNIST.classes_split_dict[s] for s in ("balanced", "digits", "letters")}
-    assert set(SPLITS) == set(classes) == {name for name in DATASETS if DATASETS[name].canvas}
-    for name, (n_classes, train, test) in SPLITS.items():
-        assert n_classes == len(classes[name]) and train + test == DATASETS[name].count(DataConfig(name=name)), name
+    sized = {name: info.sizes for name, info in DATASETS.items() if info.sizes}
+    assert set(sized) == set(classes) == {name for name in DATASETS if DATASETS[name].canvas}
+    for name, (n_classes, train, test) in sized.items():
+        assert n_classes == len(classes[name]) and train > test > 0, name
+        info, cls = DATASETS[name], datasets.EMNIST if name.startswith("emnist_") else None
+        folder = (cls or getattr(datasets, str(info.folder))).__name__  # torchvision's folder is its class name
+        assert info.folder == folder and len(info.files) == 4, name

@@ -16,16 +16,6 @@ from .clirun import run
 
 config_app = typer.Typer(help="Show, check and describe experiment configs.", no_args_is_help=True)
 
-# Published sizes of the IDX datasets: name -> (classes, train images, test images). Classes as torchvision lists
-# them (EMNIST letters has 27: an unused 'N/A' at index 0, then a-z), so as many as a network trained on it outputs.
-SPLITS: dict[str, tuple[int, int, int]] = {
-    "mnist": (10, 60_000, 10_000),
-    "fashion_mnist": (10, 60_000, 10_000),
-    "kmnist": (10, 60_000, 10_000),
-    "emnist_balanced": (47, 112_800, 18_800),
-    "emnist_digits": (10, 240_000, 40_000),
-    "emnist_letters": (27, 124_800, 20_800),
-}
 MNIST_SIDE = 28  # px: the input side `mnistcli models` sizes non-backbone networks for
 
 
@@ -150,7 +140,7 @@ def _dataset_rows(root: Path) -> list[tuple[str, ...]]:
     rows = []
     for name, info in DATASETS.items():
         shape = info.shape(DataConfig(name=name))
-        classes, train, test = (f"{n:,}" for n in SPLITS[name]) if name in SPLITS else ("-", "-", "-")
+        classes, train, test = (f"{n:,}" for n in info.sizes) if info.sizes else ("-", "-", "-")
         if name == "fake":  # generated: sizes are config keys, shown at their defaults
             cfg = DataConfig(name=name)
             classes, train, test = (f"{n:,}" for n in (cfg.fake_classes, cfg.fake_size, max(cfg.fake_size // 4, 1)))

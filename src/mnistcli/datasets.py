@@ -49,6 +49,9 @@ class DatasetInfo:
     stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS  # mean, std of the training set
     canvas: Canvas | None = None  # MNIST-style glyphs: predict --preprocess auto redraws photos this way
     classes: Callable[[Any], list[str]] = field(default=lambda ds: list(ds.classes))  # names, by class index
+    folder: str | None = None  # IDX datasets: the folder under data.root (torchvision's class name), files in raw/
+    files: tuple[str, ...] = ()  # IDX datasets: the unpacked train images, train labels, test images, test labels
+    sizes: tuple[int, int, int] | None = None  # published (classes, train images, test images); None: not fixed
 
 
 def _decompress_idx(raw: Path, files: tuple[str, ...]) -> None:
@@ -143,17 +146,35 @@ def _gray28(cfg: DataConfig | None) -> tuple[int, int, int]:
     return 1, 28, 28
 
 
-def _emnist(split: str, count: int, stats: tuple[float, float]) -> DatasetInfo:
-    """One EMNIST split: its own IDX files in <root>/EMNIST/raw, glyphs upright, letters filling the frame."""
-    files = tuple(f"emnist-{split}-{part}-ubyte" for part in _IDX_PARTS)
+def _idx_info(
+    name: str,
+    folder: str,
+    files: tuple[str, ...],
+    sizes: tuple[int, int, int],
+    stats: tuple[float, float],
+    canvas: Canvas,
+    **kwargs: Any,
+) -> DatasetInfo:
+    """One dataset stored as four IDX files in <root>/<folder>/raw (the MNIST family)."""
     return DatasetInfo(
-        f"emnist_{split}",
-        _idx("EMNIST", files, upright=True, split=split),
+        name,
+        _idx(folder, files, **kwargs),
         IDX_KEYS,
         _gray28,
-        lambda c: count,
+        lambda c: sizes[1] + sizes[2],
         ((stats[0],), (stats[1],)),
-        Canvas(box=24, centre="box"),
+        canvas,
+        folder=folder,
+        files=files,
+        sizes=sizes,
+    )
+
+
+def _emnist(split: str, sizes: tuple[int, int, int], stats: tuple[float, float]) -> DatasetInfo:
+    """One EMNIST split: its own IDX files in <root>/EMNIST/raw, glyphs upright, letters filling the frame."""
+    files = tuple(f"emnist-{split}-{part}-ubyte" for part in _IDX_PARTS)
+    return _idx_info(
+        f"emnist_{split}", "EMNIST", files, sizes, stats, Canvas(box=24, centre="box"), upright=True, split=split
     )
 
 
@@ -171,30 +192,23 @@ def _fake(cfg: DataConfig, split: str, transform: Any) -> Any:
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
-        DatasetInfo(
-            "mnist", _idx("MNIST", MNIST_FILES), IDX_KEYS, _gray28, lambda c: 70_000, ((0.1307,), (0.3081,)), Canvas()
-        ),
-        DatasetInfo(
+        # published sizes: classes as torchvision lists them (EMNIST letters has 27: an unused 'N/A' at index 0, then
+        # a-z, so as many as a network trained on it outputs), train images, test images
+        _idx_info("mnist", "MNIST", MNIST_FILES, (10, 60_000, 10_000), (0.1307, 0.3081), Canvas()),
+        _idx_info(  # products fill the frame, centred geometrically
             "fashion_mnist",
-            _idx("FashionMNIST", MNIST_FILES),
-            IDX_KEYS,
-            _gray28,
-            lambda c: 70_000,
-            ((0.2860,), (0.3530,)),
-            Canvas(box=28, centre="box", thicken=False),  # products fill the frame, centred geometrically
+            "FashionMNIST",
+            MNIST_FILES,
+            (10, 60_000, 10_000),
+            (0.2860, 0.3530),
+            Canvas(box=28, centre="box", thicken=False),
         ),
-        DatasetInfo(
-            "kmnist",
-            _idx("KMNIST", MNIST_FILES),
-            IDX_KEYS,
-            _gray28,
-            lambda c: 70_000,
-            ((0.1918,), (0.3483,)),
-            Canvas(box=24, centre="box"),  # brush-written characters, nearly filling the frame
+        _idx_info(  # brush-written characters, nearly filling the frame
+            "kmnist", "KMNIST", MNIST_FILES, (10, 60_000, 10_000), (0.1918, 0.3483), Canvas(box=24, centre="box")
         ),
-        _emnist("balanced", 131_600, (0.1751, 0.3332)),
-        _emnist("digits", 280_000, (0.1733, 0.3317)),
-        _emnist("letters", 145_600, (0.1722, 0.3309)),
+        _emnist("balanced", (47, 112_800, 18_800), (0.1751, 0.3332)),
+        _emnist("digits", (10, 240_000, 40_000), (0.1733, 0.3317)),
+        _emnist("letters", (27, 124_800, 20_800), (0.1722, 0.3309)),
         DatasetInfo(
             "image_folder",
             open_image_folder,

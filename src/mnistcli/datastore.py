@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .checksums import ARCHIVE_MD5, EMNIST_URL, MIRRORS, RAW_MD5
-from .datasets import _IDX_PARTS, DATASETS, MNIST_FILES
+from .datasets import DATASETS
 from .errors import UserError, unknown_name
 from .idxfiles import IMAGE_SIZE, UNSIGNED_BYTE, read_dims
 
@@ -29,7 +29,7 @@ EMNIST_SPLITS = ("emnist_balanced", "emnist_digits", "emnist_letters")
 
 # `data import --dataset` names: the registry datasets each brings, and their folder under the data root.
 GROUPS = {"mnist": ("mnist",), "fashion_mnist": ("fashion_mnist",), "kmnist": ("kmnist",), "emnist": EMNIST_SPLITS}
-FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST", "emnist": "EMNIST"}
+FOLDERS = {group: str(DATASETS[names[0]].folder) for group, names in GROUPS.items()}
 STRUCTURE_OK = "IDX header, size and counts check out"
 NO_CHECKSUM = f"no published checksum for the unpacked file; {STRUCTURE_OK}"
 
@@ -69,10 +69,8 @@ def group_of(name: str) -> str:
 
 def layout(name: str) -> tuple[str, tuple[str, ...]]:
     """A registry dataset's folder under the root and its four unpacked file names (train then test)."""
-    if name.startswith("emnist_"):
-        split = name.removeprefix("emnist_")
-        return "EMNIST", tuple(f"emnist-{split}-{part}-ubyte" for part in _IDX_PARTS)
-    return FOLDERS[name], MNIST_FILES
+    info = DATASETS[name]
+    return str(info.folder), info.files
 
 
 def idx_datasets() -> list[str]:
