@@ -46,10 +46,7 @@ def eval_(
     """Accuracy (with its 95% interval), loss, per-class precision/recall/F1, the confusion matrix and the
     calibration error of a checkpoint on a split of its dataset; saved as a JSON report."""
     setup_logging(as_json)
-    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: each rank scores its share, rank 0 reports
-    if ranks > 1 and (len(ckpt) > 1 or calibrate):
-        what = "comparing two checkpoints" if len(ckpt) > 1 else "--calibrate"
-        run(lambda: _refuse(f"eval: {what} runs in one process; run it without torchrun"))
+    run(lambda: _single_process(len(ckpt) > 1, calibrate))
     if len(ckpt) > 1:
         _compare(ckpt, split, data_root, device, as_json)
         return
@@ -86,9 +83,12 @@ def eval_(
 PICTURES = ("confusion_matrix.png", "mistakes.png", "reliability.png")
 
 
-def _refuse(message: str) -> None:
-    """Raise `message` as a user error (one line, exit code 2)."""
-    raise UserError(message)
+def _single_process(compare: bool, calibrate: bool) -> None:
+    """Under torchrun each rank scores its share of one checkpoint's split and rank 0 reports; comparing two
+    checkpoints and calibrating run in one process only."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (compare or calibrate):
+        what = "comparing two checkpoints" if compare else "--calibrate"
+        raise UserError(f"eval: {what} runs in one process; run it without torchrun")
 
 
 def _check_plots(folder: Path) -> None:

@@ -129,8 +129,8 @@ def _fit(
 ) -> dict[str, Any]:
     """Build the run (data, model, optimizer; restored from `ckpt` when resuming) and train it; its timings count
     from `origin` seconds after the process started."""
-    watch = Stopwatch()
-    run, n_train, n_val = _build(cfg, out, run_id, ckpt, world, watch)
+    startup = Stopwatch()  # the phases before the first step; the run's own watch times the rest
+    run, n_train, n_val = _build(cfg, out, run_id, ckpt, world, startup)
     tb = cfg.train.tensorboard and world.main
     views = RunViews(out, run.spec, tb, cfg.train.tensorboard_every, run.schedule.steps)
     views.model, views.curves = (run.model if tb else None), world.main
@@ -141,27 +141,20 @@ def _fit(
             *(cfg.name, cfg.model.name, run.device, n_train, n_val, len(run.classes), out),
         )
         start = since_launch() - origin  # from launch: interpreter, imports, config, run folder, the phases above
-        before = start - sum(watch.seconds.values())
-        where = "launch" if origin == 0.0 else "the call"
-        log.info(
-            "startup %.2f s from %s to the first step: imports and config %.2f s, %s",
-            start,
-            where,
-            before,
-            watch.line(),
-        )
-        watch.seconds = {"startup": start}
-        run.watch = watch
+        where, before = "launch" if origin == 0.0 else "the call", start - sum(startup.seconds.values())
+        line = "startup %.2f s from %s to the first step: imports and config %.2f s, %s"
+        log.info(line, start, where, before, startup.line())
+        run.watch.add("startup", start)
         try:
             summary = run_epochs(run, progress, received, views)
             return summary
         finally:  # hparams only for a run that ended; event files are closed either way
             final = {k: summary[k] for k in ("best_val_acc", "best_epoch")} if summary else {}
-            with watch("closing"):
+            with run.watch("closing"):
                 views.close(cfg.to_dict(), final)
             total = since_launch() - origin
-            watch.add("other", total - sum(watch.seconds.values()))
-            log.info("time %.2f s since %s: %s", total, where, watch.line())
+            run.watch.add("other", total - sum(run.watch.seconds.values()))
+            log.info("time %.2f s since %s: %s", total, where, run.watch.line())
 
 
 def _build(
