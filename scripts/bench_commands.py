@@ -66,7 +66,7 @@ def cold_start(ckpt: Path, repeats: int) -> list[dict]:
 
 def eval_speed(ckpt: Path, repeats: int) -> list[dict]:
     """Images per second of `evaluate_checkpoint` on the 10,000 test images (data already unpacked)."""
-    from mnistcli.evaluation import evaluate_checkpoint
+    from mnistcli.evaluation.scores import evaluate_checkpoint
 
     speeds = []
     for _ in range(repeats):

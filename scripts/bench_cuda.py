@@ -30,14 +30,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # this tree's mnistcli, before any installed one
 
-from mnistcli.config import load_config  # noqa: E402
+from mnistcli.config.schema import load_config  # noqa: E402
+from mnistcli.data.input_spec import input_spec  # noqa: E402
+from mnistcli.data.loaders import make_batches, open_splits  # noqa: E402
 from mnistcli.engine import StepSetup, train_one_epoch  # noqa: E402
-from mnistcli.families import MODELS, build_model  # noqa: E402
-from mnistcli.inputspec import input_spec  # noqa: E402
-from mnistcli.loaders import make_batches, open_splits  # noqa: E402
+from mnistcli.models.families import MODELS, build_model  # noqa: E402
 from mnistcli.optim import build_loss, build_optimizer  # noqa: E402
-from mnistcli.runstate import build_run_model  # noqa: E402
-from mnistcli.runtime import amp_dtype, fast_math, keep_freed_memory  # noqa: E402
+from mnistcli.training.state import build_run_model  # noqa: E402
+from mnistcli.utils.runtime import amp_dtype, fast_math, keep_freed_memory  # noqa: E402
 
 WARMUP = 10  # untimed steps first: cuDNN autotuning, allocator and worker start-up are not throughput
 CLASSES = 10

@@ -9,9 +9,9 @@ import time
 import torch
 from bench_throughput import EXAMPLES_NET, WARMUP
 
-from mnistcli.config import load_config
-from mnistcli.families import arch_spec, build_model
-from mnistcli.runtime import keep_freed_memory
+from mnistcli.config.schema import load_config
+from mnistcli.models.families import arch_spec, build_model
+from mnistcli.utils.runtime import keep_freed_memory
 
 # Variants of one training step behind the defaults: the pytorch/examples network, one random batch, Adam.
 # Each runs in a fresh interpreter, so allocator tuning, oneDNN state and compiled code never carry over.

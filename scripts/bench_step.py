@@ -19,13 +19,13 @@ sys.path.insert(0, str(REPO / "src"))  # this tree's mnistcli, before any instal
 
 import torch  # noqa: E402
 
-from mnistcli.config import load_config  # noqa: E402
+from mnistcli.config.schema import load_config  # noqa: E402
+from mnistcli.data.input_spec import input_spec  # noqa: E402
+from mnistcli.data.loaders import make_batches, open_splits  # noqa: E402
 from mnistcli.engine import train_one_epoch  # noqa: E402
-from mnistcli.families import MODELS  # noqa: E402
-from mnistcli.inputspec import input_spec  # noqa: E402
-from mnistcli.loaders import make_batches, open_splits  # noqa: E402
-from mnistcli.runstate import build_run_model, new_run  # noqa: E402
-from mnistcli.runtime import fast_math, keep_freed_memory, resolve_device, seed_everything  # noqa: E402
+from mnistcli.models.families import MODELS  # noqa: E402
+from mnistcli.training.state import build_run_model, new_run  # noqa: E402
+from mnistcli.utils.runtime import fast_math, keep_freed_memory, resolve_device, seed_everything  # noqa: E402
 
 
 def gemm_peak(n: int = 1024, seconds: float = 2.0) -> float:

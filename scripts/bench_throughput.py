@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from mnistcli.config import OptimizerConfig, load_config
+from mnistcli.config.schema import OptimizerConfig, load_config
+from mnistcli.data.input_spec import input_spec
+from mnistcli.data.loaders import make_batches, open_splits
 from mnistcli.engine import StepSetup, train_one_epoch
-from mnistcli.families import arch_spec, build_model
-from mnistcli.inputspec import input_spec
-from mnistcli.loaders import make_batches, open_splits
+from mnistcli.models.families import arch_spec, build_model
 from mnistcli.optim import build_optimizer
-from mnistcli.runtime import keep_freed_memory
+from mnistcli.utils.runtime import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,13 +9,13 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from mnistcli.config import Config
-from mnistcli.configschema import REGISTRY_KEYS, comments
-from mnistcli.datasets import DATASETS
-from mnistcli.families import FAMILIES
+from mnistcli.config.json_schema import REGISTRY_KEYS, comments
+from mnistcli.config.schema import Config
+from mnistcli.config.validate import RANGES
+from mnistcli.data.datasets import DATASETS
+from mnistcli.models.families import FAMILIES
 from mnistcli.optim import LOSSES, OPTIMIZERS
 from mnistcli.schedule import SCHEDULERS
-from mnistcli.validate import RANGES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
 

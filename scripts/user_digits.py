@@ -77,7 +77,7 @@ def typed(seed: int, limit: int = 40) -> list[tuple[Image.Image, int]]:
 def accuracy(ckpt: Path, samples: list[tuple[Image.Image, int]], preprocess: str, tmp: Path) -> float:
     """Fraction of samples `mnistcli predict` labels right."""
     sys.path.insert(0, str(REPO / "src"))
-    from mnistcli.prediction import predict_images
+    from mnistcli.deploy.predict import predict_images
 
     paths = []
     for i, (img, _) in enumerate(samples):

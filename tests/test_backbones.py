@@ -13,7 +13,8 @@ import torch
 import torchvision
 from torch import nn
 
-from mnistcli.backbones import (
+from mnistcli.config.schema import HeadConfig, ModelConfig
+from mnistcli.models.backbones import (
     BackboneClassifier,
     build_backbone,
     load_pretrained,
@@ -21,9 +22,8 @@ from mnistcli.backbones import (
     pretrained_file,
     set_backbone_trainable,
 )
-from mnistcli.config import HeadConfig, ModelConfig
-from mnistcli.errors import UserError
-from mnistcli.families import BACKBONES, FAMILIES
+from mnistcli.models.families import BACKBONES, FAMILIES
+from mnistcli.utils.errors import UserError
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name: the contract users rely on
 
@@ -120,7 +120,7 @@ def test_unknown_backbone_names_the_closest() -> None:
 
 
 def test_backbones_module_does_not_import_torchvision() -> None:
-    code = "import sys, mnistcli.backbones; print('torchvision' in sys.modules)"
+    code = "import sys, mnistcli.models.backbones; print('torchvision' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "False"

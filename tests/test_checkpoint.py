@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistcli.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
-from mnistcli.config import ModelConfig
-from mnistcli.errors import CheckpointError
-from mnistcli.families import arch_spec, build_model
-from mnistcli.inputspec import InputSpec
+from mnistcli.config.schema import ModelConfig
+from mnistcli.data.input_spec import InputSpec
+from mnistcli.models.families import arch_spec, build_model
+from mnistcli.runs.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
+from mnistcli.utils.errors import CheckpointError
 
 SPEC = {
     "dataset": "mnist",

@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
-from mnistcli.checkpoint import load_checkpoint, load_model, save_checkpoint
-from mnistcli.errors import CheckpointError, UserError
-from mnistcli.training import train
-from mnistcli.validate import RANGES
+from mnistcli.config.validate import RANGES
+from mnistcli.runs.checkpoint import load_checkpoint, load_model, save_checkpoint
+from mnistcli.training.train import train
+from mnistcli.utils.errors import CheckpointError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DIGIT = REPO / "data" / "samples" / "digit_7.png"

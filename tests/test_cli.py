@@ -21,7 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mnistcli import load_model
-from mnistcli.cli import app
+from mnistcli.cli.app import app
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -73,8 +73,8 @@ def test_train_writes_the_run_folder(trained: Path) -> None:
 
 def test_run_folder_reads_back_without_torch(trained: Path) -> None:
     """runs.py reads what training wrote: metrics as numbers, the config as it loads again."""
-    from mnistcli.config import load_config
-    from mnistcli.runs import read_config, read_metrics
+    from mnistcli.config.schema import load_config
+    from mnistcli.runs.folder import read_config, read_metrics
 
     rows = read_metrics(trained)
     assert [r["epoch"] for r in rows] == [1, 2] and all(isinstance(r["val_acc"], float) for r in rows)
@@ -169,7 +169,7 @@ def test_errors_are_one_line(args: list[str], needle: str, tmp_path: Path) -> No
 
 
 def test_help_imports_no_torch() -> None:
-    code = "import sys; from mnistcli.cli import app; assert not {'torch', 'torchvision'} & set(sys.modules)"
+    code = "import sys; from mnistcli.cli.app import app; assert not {'torch', 'torchvision'} & set(sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     proc = subprocess.run([sys.executable, "-m", "mnistcli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "predict" in proc.stdout
@@ -392,7 +392,7 @@ def test_help_renders_every_option_as_written(name: str) -> None:
         "import atexit, sys\n"
         "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr))\n"
         f"sys.argv = ['mnistcli', *{[name] if name else []!r}, '--help']\n"
-        "from mnistcli.cli import main\nmain()\n"
+        "from mnistcli.cli.app import main\nmain()\n"
     )
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mnistcli.config import Config, load_config
-from mnistcli.errors import ConfigError
-from mnistcli.runs import read_config, write_config
+from mnistcli.config.schema import Config, load_config
+from mnistcli.runs.folder import read_config, write_config
+from mnistcli.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-from mnistcli.config import load_config
-from mnistcli.errors import ConfigError, UserError
-from mnistcli.families import BACKBONES, arch_spec, build_model
-from mnistcli.probe import ModelSize, check_fits, probe_model
-from mnistcli.yamlfile import safe_yaml
+from mnistcli.config.schema import load_config
+from mnistcli.models.families import BACKBONES, arch_spec, build_model
+from mnistcli.models.probe import ModelSize, check_fits, probe_model
+from mnistcli.utils.errors import ConfigError, UserError
+from mnistcli.utils.yamlfile import safe_yaml
 
 REPLACES = "(the second would silently replace the first)"
 

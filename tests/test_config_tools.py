@@ -16,13 +16,13 @@ import yaml
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
-from mnistcli.cli import app
-from mnistcli.config import Config, ModelConfig, load_config
-from mnistcli.configschema import config_schema, range_schema
-from mnistcli.datasets import DATASETS
-from mnistcli.errors import ConfigError
-from mnistcli.families import MODELS
-from mnistcli.validate import RANGES, _choices
+from mnistcli.cli.app import app
+from mnistcli.config.json_schema import config_schema, range_schema
+from mnistcli.config.schema import Config, ModelConfig, load_config
+from mnistcli.config.validate import RANGES, _choices
+from mnistcli.data.datasets import DATASETS
+from mnistcli.models.families import MODELS
+from mnistcli.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 MNISTCLI = Path(sys.executable).parent / "mnistcli"  # the console script pip installed: cli.main
@@ -172,7 +172,7 @@ def test_config_validate_passes_every_shipped_config_without_torch() -> None:
         "import atexit, sys\n"
         "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr))\n"
         f"sys.argv = ['mnistcli', 'config', 'validate', *{[str(p) for p in SHIPPED]!r}]\n"
-        "from mnistcli.cli import main\nmain()\n"
+        "from mnistcli.cli.app import main\nmain()\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stderr == "torch imported: False\n", proc.stderr
@@ -224,7 +224,7 @@ def test_config_show_prints_the_resolved_config_and_its_difference_from_the_defa
 
 
 def test_models_lists_every_model_with_its_input_and_parameters() -> None:
-    from mnistcli.families import arch_spec, build_model
+    from mnistcli.models.families import arch_spec, build_model
 
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
@@ -262,7 +262,7 @@ def test_completion_imports_no_torch() -> None:
     proc = subprocess.run([sys.executable, "-X", "importtime", str(MNISTCLI)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "mnistcli.cli" in imported and not {"torch", "torchvision"} & imported
+    assert "mnistcli.cli.app" in imported and not {"torch", "torchvision"} & imported
 
 
 def test_datasets_lists_every_dataset_with_its_sizes_and_what_is_under_the_root(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistcli.config import AugmentConfig, load_config
-from mnistcli.errors import UserError
-from mnistcli.inputspec import InputSpec, input_spec
-from mnistcli.loaders import make_batches, open_splits, split_indices, use_memory
-from mnistcli.pipeline import BatchTransform
+from mnistcli.config.schema import AugmentConfig, load_config
+from mnistcli.data.input_spec import InputSpec, input_spec
+from mnistcli.data.loaders import make_batches, open_splits, split_indices, use_memory
+from mnistcli.data.pipeline import BatchTransform
+from mnistcli.utils.errors import UserError
 
 
 def cfg_for(**data: object):

@@ -12,9 +12,9 @@ import pytest
 from conftest import digit_like, make_image_folder, write_idx
 from PIL import Image
 
-from mnistcli.dataaudit import audit_data
-from mnistcli.datatools import sample_figure, show_data
-from mnistcli.errors import UserError
+from mnistcli.tools.data_audit import audit_data
+from mnistcli.tools.data_show import sample_figure, show_data
+from mnistcli.utils.errors import UserError
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 MNIST_NAMES = [f"{k} - {word}" for k, word in enumerate(WORDS)]
@@ -126,7 +126,7 @@ def test_audit_finds_leakage_unreadable_files_and_sizes(folders: Path, caplog: p
     side = "train" if "train" in group else "val"
     line = f"leakage: 1 image(s) of the test split also in {side}: {copy} = {original}"
     assert [w for w in report["warnings"] if w.startswith("leakage")] == [line]
-    assert ("mnistcli.datatools", logging.WARNING, line) in caplog.record_tuples
+    assert ("mnistcli.tools.data_show", logging.WARNING, line) in caplog.record_tuples
     assert all(s["duplicates"] == [] for s in splits.values())
 
 

@@ -18,11 +18,11 @@ import torch
 import yaml
 
 from mnistcli import evaluate
-from mnistcli.distributed import World, check_batch
-from mnistcli.errors import UserError
-from mnistcli.evaluation import evaluate_checkpoint
-from mnistcli.runs import read_metrics
-from mnistcli.training import train
+from mnistcli.evaluation.scores import evaluate_checkpoint
+from mnistcli.runs.folder import read_metrics
+from mnistcli.training.train import train
+from mnistcli.utils.distributed import World, check_batch
+from mnistcli.utils.errors import UserError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # 211 training images in global batches of 16: the last batch of 3 splits 2 + 1 across two ranks

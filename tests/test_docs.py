@@ -9,9 +9,9 @@ from types import ModuleType
 
 import pytest
 
-from mnistcli.config import Config, DataConfig, ModelConfig, TrainConfig
-from mnistcli.families import MODELS
-from mnistcli.validate import RANGES
+from mnistcli.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+from mnistcli.config.validate import RANGES
+from mnistcli.models.families import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from mnistcli.datasets import MNIST_FILES
+from mnistcli.data.datasets import MNIST_FILES
 
 # A proxy on the discard port refuses at once, so the mirror probe fails fast with or without a network.
 NO_NETWORK = {var: "http://127.0.0.1:9" for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}

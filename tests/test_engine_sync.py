@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import digit_like
 
-from mnistcli.config import OptimizerConfig
+from mnistcli.config.schema import OptimizerConfig
 from mnistcli.engine import StepSetup, train_one_epoch
-from mnistcli.errors import UserError
 from mnistcli.nonfinite import SEND_EVERY
 from mnistcli.optim import build_optimizer
-from mnistcli.progress import Display
+from mnistcli.utils.errors import UserError
+from mnistcli.utils.progress import Display
 
 CPU = torch.device("cpu")
 STEPS = 40  # batches per epoch: more than two windows of SEND_EVERY

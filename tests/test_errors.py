@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnistcli.cli import app
-from mnistcli.errors import UserError
-from mnistcli.training import train
+from mnistcli.cli.app import app
+from mnistcli.training.train import train
+from mnistcli.utils.errors import UserError
 
 runner = CliRunner()
 FAKE = {

@@ -18,11 +18,12 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 import mnistcli
-from mnistcli.calibration import calibrate_checkpoint
-from mnistcli.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
-from mnistcli.errors import CheckpointError, UserError
-from mnistcli.evaluation import compare_checkpoints, eval_details, evaluate_checkpoint, mistake_images
-from mnistcli.metrics import (
+from mnistcli.deploy.predict import predict_images
+from mnistcli.evaluation.calibration import calibrate_checkpoint
+from mnistcli.evaluation.scores import compare_checkpoints, eval_details, evaluate_checkpoint, mistake_images
+from mnistcli.runs.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
+from mnistcli.utils.errors import CheckpointError, UserError
+from mnistcli.utils.metrics import (
     calibration_bins,
     confusion_matrix,
     expected_calibration_error,
@@ -30,7 +31,6 @@ from mnistcli.metrics import (
     per_class,
     wilson_interval,
 )
-from mnistcli.prediction import predict_images
 
 REPO = Path(__file__).resolve().parents[1]
 

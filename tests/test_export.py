@@ -20,11 +20,11 @@ from PIL import Image
 
 from mnistcli import predict as api_predict
 from mnistcli import train
-from mnistcli.calibration import calibrate_checkpoint
-from mnistcli.errors import UserError
-from mnistcli.export import TOLERANCE, compare, export_checkpoint, publish_checked
-from mnistcli.exported import load_exported
-from mnistcli.prediction import predict_images
+from mnistcli.deploy.artifact import load_exported
+from mnistcli.deploy.export import TOLERANCE, compare, export_checkpoint, publish_checked
+from mnistcli.deploy.predict import predict_images
+from mnistcli.evaluation.calibration import calibrate_checkpoint
+from mnistcli.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 N_PNG = 40  # more than the odd batch size 37, so a second, partial batch runs too

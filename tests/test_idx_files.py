@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import REPO, make_idx_dataset, write_idx
 
-from mnistcli.config import load_config
-from mnistcli.datasets import load_split
-from mnistcli.errors import UserError
-from mnistcli.idxfiles import check_split
+from mnistcli.config.schema import load_config
+from mnistcli.data.datasets import load_split
+from mnistcli.data.idx import check_split
+from mnistcli.utils.errors import UserError
 
 N_TRAIN, N_TEST = 20, 10
 PIXELS = 28 * 28

@@ -19,10 +19,10 @@ from conftest import make_image_folder
 from PIL import Image
 
 import mnistcli
-from mnistcli.config import load_config
-from mnistcli.errors import UserError
-from mnistcli.inputspec import input_spec
-from mnistcli.loaders import open_splits
+from mnistcli.config.schema import load_config
+from mnistcli.data.input_spec import input_spec
+from mnistcli.data.loaders import open_splits
+from mnistcli.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 BROKEN = "broken data stream when reading image file"  # PIL's reason for the pixel stream written below
@@ -115,9 +115,9 @@ def test_a_fifo_in_a_class_folder_does_not_block_the_scan(folders: Path) -> None
     os.mkfifo(train / "a" / "x.png")  # opening it for reading would wait for a writer forever
     code = (
         "import logging, sys\n"
-        "from mnistcli.config import load_config\n"
-        "from mnistcli.datasets import load_split\n"
-        "from mnistcli.errors import UserError\n"
+        "from mnistcli.config.schema import load_config\n"
+        "from mnistcli.data.datasets import load_split\n"
+        "from mnistcli.utils.errors import UserError\n"
         "logging.basicConfig(format='%(message)s')\n"
         f"cfg = load_config({config(data_section(train))!r})\n"
         "print(len(load_split(cfg.data, 'train')))\n"

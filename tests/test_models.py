@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnistcli.config import ModelConfig
-from mnistcli.families import TUTORIALS, arch_spec, build_model
+from mnistcli.config.schema import ModelConfig
+from mnistcli.models.families import TUTORIALS, arch_spec, build_model
 
 SHAPES = [[1, 28, 28], [3, 64, 64], [3, 40, 32]]
 
@@ -78,7 +78,7 @@ def test_spec_rebuilds_identical_model() -> None:
 
 
 def test_unknown_activation_lists_allowed() -> None:
-    from mnistcli.errors import UserError
+    from mnistcli.utils.errors import UserError
 
     with pytest.raises(UserError, match="allowed: gelu, leaky_relu, relu, silu, tanh"):
         build_model(arch_spec(ModelConfig(name="mlp", activation="relux"), [1, 28, 28], 10))

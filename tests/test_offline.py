@@ -12,9 +12,9 @@ import torch
 from conftest import REPO, make_image_folder
 from torchvision import datasets
 
-from mnistcli.config import load_config
-from mnistcli.datasets import load_split
-from mnistcli.errors import ConfigError, UserError
+from mnistcli.config.schema import load_config
+from mnistcli.data.datasets import load_split
+from mnistcli.utils.errors import ConfigError, UserError
 
 FROZEN_RANDOM = (
     "model.freeze: backbone with model.pretrained: false trains only the head on random features; "

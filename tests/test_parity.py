@@ -13,13 +13,13 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnistcli.cli import app
-from mnistcli.config import Config, load_config
-from mnistcli.datasets import IMAGENET_STATS, load_split
-from mnistcli.inputspec import InputSpec, input_spec, stored_shape
-from mnistcli.loaders import make_batches, open_splits
-from mnistcli.pipeline import network_input
-from mnistcli.preprocess import mode_for, open_image, prepare_pixels
+from mnistcli.cli.app import app
+from mnistcli.config.schema import Config, load_config
+from mnistcli.data.datasets import IMAGENET_STATS, load_split
+from mnistcli.data.input_spec import InputSpec, input_spec, stored_shape
+from mnistcli.data.loaders import make_batches, open_splits
+from mnistcli.data.pipeline import network_input
+from mnistcli.data.preprocess import mode_for, open_image, prepare_pixels
 
 CPU = torch.device("cpu")
 LOADERS = ("memory", "torch")

@@ -15,9 +15,8 @@ import torch
 from conftest import digit_like
 from PIL import Image
 
-from mnistcli.errors import UserError
-from mnistcli.metrics import expected_calibration_error
-from mnistcli.plots import (
+from mnistcli.runs.folder import start_metrics
+from mnistcli.runs.plots import (
     confusion_figure,
     curves_figure,
     figure_texts,
@@ -30,8 +29,9 @@ from mnistcli.plots import (
     save_mistakes,
     save_reliability,
 )
-from mnistcli.runs import start_metrics
-from mnistcli.training import train
+from mnistcli.training.train import train
+from mnistcli.utils.errors import UserError
+from mnistcli.utils.metrics import expected_calibration_error
 
 TINY = {
     "seed": 3,
@@ -235,7 +235,8 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_import_needs_no_matplotlib_and_no_torch() -> None:
-    code = "import sys, mnistcli.plots; print(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'torch'}))"
+    code = "import sys, mnistcli.runs.plots\n"
+    code += "print(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'torch'}))"
     assert run_python(code).stdout.strip() == "[]"
 
 
@@ -245,8 +246,8 @@ import sys
 sys.modules["matplotlib"] = None  # as if the plots extra were not installed
 import numpy as np
 from pathlib import Path
-from mnistcli.errors import UserError
-from mnistcli import plots
+from mnistcli.utils.errors import UserError
+from mnistcli.runs import plots
 calls = [
     lambda: plots.save_curves([Path({str(runs["a"])!r})], Path({str(tmp_path / "c.png")!r})),
     lambda: plots.save_confusion_matrix(np.eye(2), ["a", "b"], Path({str(tmp_path / "m.png")!r})),

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistcli.errors import UserError
-from mnistcli.prediction import predict_images
-from mnistcli.preprocess import READABLE_MODES, convert, open_image
-from mnistcli.training import train
+from mnistcli.data.preprocess import READABLE_MODES, convert, open_image
+from mnistcli.deploy.predict import predict_images
+from mnistcli.training.train import train
+from mnistcli.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = {

@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnistcli.errors import UserError
-from mnistcli.inputspec import InputSpec, stored_shape
-from mnistcli.pipeline import network_input, normalized, resized_input
-from mnistcli.preprocess import (
+from mnistcli.data.input_spec import InputSpec, stored_shape
+from mnistcli.data.pipeline import network_input, normalized, resized_input
+from mnistcli.data.preprocess import (
     fit_pixels,
     mode_for,
     open_image,
     prepare_pixels,
     save_pixels,
 )
+from mnistcli.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_TEST = REPO / "data" / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
@@ -365,7 +365,7 @@ def test_real_mnist_digits_survive_the_round_trip() -> None:
 
 def test_mnist_style_png_is_used_as_it_is() -> None:
     """A dataset digit saved as a 28x28 PNG already is network input: auto leaves its pixels alone."""
-    from mnistcli.preprocess import mode_for, prepare_pixels
+    from mnistcli.data.preprocess import mode_for, prepare_pixels
 
     path = Path(__file__).resolve().parents[1] / "data" / "samples" / "digit_3.png"
     img = Image.open(path)

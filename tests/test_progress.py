@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistcli.errors import UserError
-from mnistcli.evaluation import evaluate_checkpoint
-from mnistcli.progress import Display, Progress, resolve
-from mnistcli.training import train
+from mnistcli.evaluation.scores import evaluate_checkpoint
+from mnistcli.training.train import train
+from mnistcli.utils.errors import UserError
+from mnistcli.utils.progress import Display, Progress, resolve
 
 BASE = {
     "seed": 5,
@@ -32,7 +32,7 @@ def batches(n: int, size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_lines_come_every_tenth_of_a_pass_at_most(caplog: pytest.LogCaptureFixture) -> None:
     """With no time floor, a line every 10% of the pass (none at its very end: the epoch line follows)."""
-    with caplog.at_level("INFO", logger="mnistcli.progress"):
+    with caplog.at_level("INFO", logger="mnistcli.utils.progress"):
         for _ in Progress(batches(50), "epoch 1 train", Display("lines", every=0.0)).wrap(lambda n: {"loss": 0.5}):
             pass
     lines = [r.getMessage() for r in caplog.records]
@@ -53,7 +53,7 @@ def test_lines_wait_for_the_time_floor(caplog: pytest.LogCaptureFixture) -> None
         def __iter__(self):
             return slow()
 
-    with caplog.at_level("INFO", logger="mnistcli.progress"):
+    with caplog.at_level("INFO", logger="mnistcli.utils.progress"):
         for _ in Progress(Sized(), "eval", Display("lines", every=0.15)).wrap(lambda n: {}):
             pass
     assert 1 <= len(caplog.records) <= 3  # 0.4 s of work, at least 0.15 s apart

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import REPO, make_idx_dataset, make_image_folder
 
-from mnistcli.config import load_config
-from mnistcli.errors import ConfigError, UserError
-from mnistcli.evaluation import evaluate_checkpoint
-from mnistcli.inputspec import input_spec
-from mnistcli.loaders import open_splits
-from mnistcli.training import train
+from mnistcli.config.schema import load_config
+from mnistcli.data.input_spec import input_spec
+from mnistcli.data.loaders import open_splits
+from mnistcli.evaluation.scores import evaluate_checkpoint
+from mnistcli.training.train import train
+from mnistcli.utils.errors import ConfigError, UserError
 
 SPLITS = ["train", "val", "test"]
 

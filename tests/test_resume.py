@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from mnistcli.errors import UserError
-from mnistcli.training import train
+from mnistcli.training.train import train
+from mnistcli.utils.errors import UserError
 
 BASE = {
     "seed": 3,
@@ -100,7 +100,7 @@ def test_sigint_mid_epoch_writes_interrupted_and_resumes_exactly(tmp_path: Path)
 def test_sigterm_asks_the_loop_to_stop_after_the_step() -> None:
     import threading
 
-    from mnistcli.training import _stop_on_signals
+    from mnistcli.training.train import _stop_on_signals
 
     stop = threading.Event()
     before = signal.getsignal(signal.SIGTERM)

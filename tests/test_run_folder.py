@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from mnistcli.errors import ConfigError, UserError
-from mnistcli.training import train
+from mnistcli.training.train import train
+from mnistcli.utils.errors import ConfigError, UserError
 
 BASE = {
     "seed": 1,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistcli.training import train
+from mnistcli.training.train import train
 
 TINY = {
     "data": {"name": "fake", "fake_size": 240, "val_split": 60, "batch_size": 24, "fake_classes": 4},

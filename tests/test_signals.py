@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from mnistcli.training import train
+from mnistcli.training.train import train
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 WORKERS = {

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import make_idx_dataset
 
-from mnistcli.config import load_config
-from mnistcli.datasets import DATASETS
-from mnistcli.idxdata import CLASSES, IdxSplit
+from mnistcli.config.schema import load_config
+from mnistcli.data.datasets import DATASETS
+from mnistcli.data.idxdata import CLASSES, IdxSplit
 
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])

@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import REPO
 
-from mnistcli.errors import ConfigError, UserError
-from mnistcli.runs import read_config, read_metrics
-from mnistcli.sweep import parse_grid, run_sweep
+from mnistcli.runs.folder import read_config, read_metrics
+from mnistcli.training.sweep import parse_grid, run_sweep
+from mnistcli.utils.errors import ConfigError, UserError
 
 SMOKE = REPO / "configs" / "smoke.yaml"
 SMALL = ["data.fake_size=64"]  # 48 train / 16 val images: each epoch is a batch or two
@@ -169,8 +169,8 @@ def test_what_a_sweep_sets_itself_and_files_not_its_own_are_refused(tmp_path: Pa
 
 SCRIPT = """
 import json, sys
-from mnistcli.sweep import run_sweep
-from mnistcli.training import TrainingInterrupted
+from mnistcli.training.sweep import run_sweep
+from mnistcli.training.train import TrainingInterrupted
 config, grid, overrides, out = json.loads(sys.argv[1])
 try:
     run_sweep(config, grid, overrides, out)

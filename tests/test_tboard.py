@@ -17,12 +17,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, metadata
 from torch import nn
 
-from mnistcli.config import ModelConfig, load_config
-from mnistcli.errors import ConfigError
-from mnistcli.families import arch_spec, build_model
-from mnistcli.inputspec import InputSpec
-from mnistcli.pipeline import network_input
-from mnistcli.tboard import TensorBoardLog
+from mnistcli.config.schema import ModelConfig, load_config
+from mnistcli.data.input_spec import InputSpec
+from mnistcli.data.pipeline import network_input
+from mnistcli.models.families import arch_spec, build_model
+from mnistcli.runs.tensorboard_log import TensorBoardLog
+from mnistcli.utils.errors import ConfigError
 
 MNIST = InputSpec("mnist", 1, (28, 28), True, (0.1307,), (0.3081,), "stretch", (1, 28, 28))
 RGB = InputSpec("image_folder", 3, (16, 16), True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "stretch", (3, 16, 16))
@@ -125,7 +125,7 @@ class Untraceable(nn.Module):
 
 def test_untraceable_graph_is_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tb = TensorBoardLog(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="mnistcli.tboard"):
+    with caplog.at_level(logging.WARNING, logger="mnistcli.runs.tensorboard_log"):
         tb.graph(Untraceable(), torch.zeros(2, 1, 28, 28))
     tb.epoch({**ROW, "epoch": 1, "seconds": 1.0})  # the log goes on
     tb.close()
@@ -163,8 +163,8 @@ def test_without_tensorboard_one_line(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path\n"
         "sys.modules['tensorboard'] = None; sys.modules['torch.utils.tensorboard'] = None\n"
-        "from mnistcli.errors import UserError\n"
-        "from mnistcli.tboard import TensorBoardLog\n"
+        "from mnistcli.utils.errors import UserError\n"
+        "from mnistcli.runs.tensorboard_log import TensorBoardLog\n"
         "try:\n"
         f"    TensorBoardLog(Path({str(tmp_path)!r}))\n"
         "except UserError as exc:\n"
@@ -186,8 +186,8 @@ def test_step_interval_is_checked() -> None:
 
 def test_a_training_run_writes_events_equal_to_its_metrics(tmp_path: Path) -> None:
     """train.tensorboard: true end to end: the per-epoch scalars read back equal metrics.csv; curves.png is kept."""
-    from mnistcli.runs import read_metrics
-    from mnistcli.training import train
+    from mnistcli.runs.folder import read_metrics
+    from mnistcli.training.train import train
 
     cfg = {
         "data": {"name": "fake", "fake_size": 200, "val_split": 40, "batch_size": 16},

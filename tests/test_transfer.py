@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnistcli.cli import app
-from mnistcli.errors import UserError
-from mnistcli.export import export_checkpoint
-from mnistcli.prediction import predict_images
-from mnistcli.training import train
+from mnistcli.cli.app import app
+from mnistcli.deploy.export import export_checkpoint
+from mnistcli.deploy.predict import predict_images
+from mnistcli.training.train import train
+from mnistcli.utils.errors import UserError
 
 runner = CliRunner()
 

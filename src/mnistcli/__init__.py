@@ -23,14 +23,14 @@ def train(
 
     progress: 'auto' (bars in a terminal or notebook, plain lines otherwise), 'bar', 'lines' or 'off' (also
     True/False); log_every: the least seconds between two progress lines (default 30)."""
-    from .training import train as _train
+    from .training.train import train as _train
 
     return _train(config, overrides, out, resume=resume, progress=progress, log_every=log_every)
 
 
 def load_model(ckpt_path: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild a trained model from its checkpoint alone, in eval mode; info holds classes, input spec, metrics."""
-    from .checkpoint import load_model as _load_model
+    from .runs.checkpoint import load_model as _load_model
 
     return _load_model(ckpt_path, device)
 
@@ -39,7 +39,7 @@ def evaluate(
     ckpt: str | Path, split: str = "test", data_root: str | Path | None = None, device: str = "auto"
 ) -> dict[str, Any]:
     """Loss, accuracy and per-class accuracy of a checkpoint on a split: the object `mnistcli eval --json` prints."""
-    from .evaluation import evaluate_checkpoint
+    from .evaluation.scores import evaluate_checkpoint
 
     return evaluate_checkpoint(ckpt, split, data_root, device)
 
@@ -54,7 +54,7 @@ def predict(
 ) -> list[dict[str, Any]]:
     """One dict per image (files, folders, patterns), as `mnistcli predict --json` prints; failures hold `error`.
     From a checkpoint (`ckpt`) or a file `export` wrote (`model`): give one."""
-    from .prediction import predict_images
+    from .deploy.predict import predict_images
 
     paths = [images] if isinstance(images, (str, Path)) else list(images)
     return predict_images(paths, ckpt, topk, preprocess, None, device, model_path=model)
@@ -65,7 +65,7 @@ def export(
 ) -> dict[str, Any]:
     """Write a TorchScript or ONNX file (`fmt`) that takes raw images and returns probabilities, checked against
     the checkpoint with the real runtime before it is kept; returns the file, its metadata and the check."""
-    from .export import export_checkpoint
+    from .deploy.export import export_checkpoint
 
     return export_checkpoint(ckpt, fmt, out, input_kind)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .nonfinite import NonFiniteWatch, nonfinite_error
-from .progress import Display, Progress
+from .utils.progress import Display, Progress
 
 log = logging.getLogger(__name__)
 

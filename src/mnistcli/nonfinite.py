@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from .utils.errors import UserError
 
 SEND_EVERY = 16  # steps whose losses are copied to the host together: one small copy, which the host never waits on
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from .utils.errors import UserError
 
 
 @dataclass(frozen=True)

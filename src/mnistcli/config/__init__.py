@@ -1,0 +1,1 @@
+"""The experiment config: the typed schema, loading (defaults < YAML < --set), validation, the JSON Schema."""

@@ -1,0 +1,128 @@
+"""The one image pipeline: decoded image -> stored uint8 pixels -> network input.
+
+Per sample, images are only converted and resized to the spec's stored uint8 shape (`stored_pixels`). Per batch,
+on the device, `network_input` is the one deterministic step from stored pixels to what the network sees (channel
+expansion, the pretrained preset's centre crop, resizing, normalization): validation, `eval`, `predict` and export
+all call it. Training adds random augmentation (one affine resample per batch) in its place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config.schema import AugmentConfig
+from .input_spec import CROP_RATIO, InputSpec
+from .preprocess import stored_pixels
+
+
+class SampleTransform:
+    """`stored_pixels` as a dataset transform (picklable for DataLoader workers)."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        return stored_pixels(img, self.spec)
+
+
+def _as_float(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float in [0, 1] with the network's channels (grayscale repeated for RGB input)."""
+    x = x.float().div_(255)
+    return x.expand(-1, spec.channels, -1, -1) if x.shape[1] != spec.channels else x
+
+
+def resized_input(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Stored uint8 batch -> float [0, 1] at the input size: centre crop (crop mode), then antialiased resize."""
+    x = _as_float(x, spec)
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # plain ints: an exported graph has fixed image sides
+    if spec.resize == "crop":  # the central CROP_RATIO of each side, offsets rounded as torchvision's CenterCrop
+        ch, cw = round(h * CROP_RATIO), round(w * CROP_RATIO)
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        x = x[..., top : top + ch, left : left + cw]
+    if tuple(x.shape[-2:]) != spec.size:
+        x = F.interpolate(x, size=spec.size, mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def normalized(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """(x - mean) / std per channel when the spec normalizes."""
+    if not spec.normalize:
+        return x
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def network_input(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Stored uint8 batch (N, C, H, W) on its device -> the float batch the network takes."""
+    return normalized(resized_input(x, spec), spec)
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
+    """n draws from U(low, high) on the CPU generator (keeps runs reproducible on every device)."""
+    return low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+class BatchTransform:
+    """Stored uint8 batch -> network input: `network_input`, or when training a random affine resample."""
+
+    def __init__(self, spec: InputSpec, augment: AugmentConfig | None, channels_last: bool = False) -> None:
+        self.spec, self.augment, self.channels_last = spec, augment, channels_last
+        self.crop_default = spec.resize == "crop"  # pretrained presets crop and flip by default
+
+    def _affine(self, n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor | None:
+        """Per-sample 3x3 maps from output to input coordinates (normalized to [-1, 1]), or None if identity."""
+        aug = self.augment
+        if aug is None:
+            return None
+        crop = aug.resized_crop or ([0.08, 1.0] if self.crop_default else None)
+        flip = aug.hflip if aug.hflip is not None else self.crop_default
+        if not (crop or flip or aug.rotation or aug.shear or aug.scale or aug.translate):
+            return None
+        eye = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        m = eye.clone()
+        if crop:  # RandomResizedCrop: area fraction in crop, aspect ratio log-uniform in [3/4, 4/3]
+            area = _uniform(n, crop[0], crop[1], gen)
+            ratio = torch.exp(_uniform(n, math.log(3 / 4), math.log(4 / 3), gen))
+            cw, ch = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+            m[:, 0, 0], m[:, 1, 1] = cw, ch
+            m[:, 0, 2], m[:, 1, 2] = _uniform(n, -1, 1, gen) * (1 - cw), _uniform(n, -1, 1, gen) * (1 - ch)
+        geo = eye.clone()
+        if aug.rotation or aug.shear:  # rotate/shear in pixel units, so non-square images keep their shape
+            angle = torch.deg2rad(_uniform(n, -aug.rotation, aug.rotation, gen))
+            shear = torch.tan(torch.deg2rad(_uniform(n, -aug.shear, aug.shear, gen)))
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            geo[:, 0, 0], geo[:, 0, 1] = cos, cos * shear - sin  # rotation @ shear
+            geo[:, 1, 0], geo[:, 1, 1] = sin, sin * shear + cos
+            geo[:, 0, 1] *= h / w
+            geo[:, 1, 0] *= w / h
+        if aug.scale:  # zoom factor s > 1 enlarges the image, so sample input at output / s
+            s = _uniform(n, aug.scale[0], aug.scale[1], gen)
+            geo[:, :2, :2] /= s.view(n, 1, 1)
+        if aug.translate:  # shift by up to translate * size: 2 * translate in normalized units
+            geo[:, 0, 2] = 2 * _uniform(n, -aug.translate, aug.translate, gen)
+            geo[:, 1, 2] = 2 * _uniform(n, -aug.translate, aug.translate, gen)
+        if flip:
+            sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(torch.float64)
+            geo[:, :, 0] *= sign.view(n, 1)
+        return m @ geo
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """Apply to a stored uint8 (N, C, H, W) batch already on its device."""
+        n, (out_h, out_w) = x.shape[0], self.spec.size
+        theta = self._affine(n, out_h, out_w, gen or torch.default_generator)
+        if theta is None:
+            x = network_input(x, self.spec)
+        else:
+            x = _as_float(x, self.spec)
+            size = [n, x.shape[1], out_h, out_w]
+            grid = F.affine_grid(theta[:, :2].to(x.device, torch.float32), size, align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            x = normalized(x, self.spec)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x

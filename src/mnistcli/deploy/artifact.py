@@ -1,0 +1,158 @@
+"""Exported models (`mnistcli export`): their embedded metadata, read and checked, and running them: TorchScript
+through torch.jit.load, ONNX through onnxruntime.
+
+A TorchScript file is a program (torch.jit.load runs the TorchScript code inside it): its metadata is read from the
+zip archive first, so a file that is not an mnistcli export is refused before any of its code is loaded. ONNX files
+hold a graph of operators and run no Python code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.input_spec import InputSpec
+from ..utils.errors import UserError
+from ..utils.extras import require
+
+FORMAT = "mnistcli-export"  # the marker every export's metadata carries
+FORMAT_VERSION = 1
+META_FILE = "mnistcli.json"  # TorchScript: the extra file (in the archive's extra/ folder) holding the metadata
+META_KEY = "mnistcli"  # ONNX: the metadata_props key holding the same JSON
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+INPUT_KINDS = ("uint8", "float")  # uint8 pixels 0..255, or float32 pixels in [0, 1]
+
+
+@dataclass
+class ExportedModel:
+    """An exported file, loaded: its metadata, input spec and classes, and how to run it."""
+
+    path: Path
+    model_format: str  # "torchscript" or "onnx"
+    meta: dict[str, Any]
+    spec: InputSpec
+    classes: list[str]
+    run: Callable[[torch.Tensor], torch.Tensor]  # a batch as the file takes it -> float32 probabilities, CPU
+
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Stored uint8 pixels (N, C, H, W) -> class probabilities (N, classes), float32 on the CPU."""
+        return self.run(pixels.float().div(255) if self.meta["input"]["kind"] == "float" else pixels)
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
+    """Load a file `mnistcli export` wrote (TorchScript or ONNX, told apart by content); anything else is one line."""
+    path = Path(path)
+    _check_regular_file(path)
+    if zipfile.is_zipfile(path):
+        return _torchscript(path, torch.device(device))
+    return _onnx(path)
+
+
+def parse_metadata(text: str, path: Path) -> tuple[dict[str, Any], InputSpec]:
+    """The embedded metadata as a dict and the typed input spec; a missing or inconsistent field is one line."""
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise UserError(f"{path}: its mnistcli metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not an mnistcli export (no '{FORMAT}' marker in its metadata)")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise UserError(f"{path}: export format version {version!r}; this mnistcli reads 1 to {FORMAT_VERSION}")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{path}: the metadata's 'classes' must be a non-empty list of names")
+    io = (meta.get("input"), meta.get("output"))
+    if not all(isinstance(part, dict) and isinstance(part.get("name"), str) for part in io):
+        raise UserError(f"{path}: the metadata's 'input' and 'output' must each name a tensor")
+    if meta["input"].get("kind") not in INPUT_KINDS:
+        kind = meta["input"].get("kind")
+        raise UserError(f"{path}: input kind {kind!r} in the metadata; allowed: {', '.join(INPUT_KINDS)}")
+    try:
+        spec = InputSpec.from_dict(meta["input_spec"])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise UserError(f"{path}: the metadata's input_spec is incomplete ({type(exc).__name__}: {exc})") from None
+    return meta, spec
+
+
+def _check_regular_file(path: Path) -> None:
+    """Only an existing regular file is read: a folder or a FIFO is one line, not a traceback or a hang."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise UserError(f"{path}: model file not found") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a folder; give a file written by `mnistcli export`")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: not a regular file; give a file written by `mnistcli export`")
+
+
+def _zip_metadata(path: Path) -> str:
+    """The metadata inside a TorchScript archive, read as data before torch.jit.load runs anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            found = [name for name in names if name.endswith(f"/extra/{META_FILE}")]
+            if found:
+                return archive.read(found[0]).decode("utf-8")
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the archive ({exc})") from None
+    if any(name.endswith("/data.pkl") for name in names) and not any("/code/" in name for name in names):
+        raise UserError(f"{path}: a PyTorch checkpoint, not an exported model; give it as --ckpt, or export it first")
+    raise UserError(
+        f"{path}: not an mnistcli export (a zip archive without {META_FILE}); write one with `mnistcli export`"
+    )
+
+
+def _torchscript(path: Path, device: torch.device) -> ExportedModel:
+    """A TorchScript export, on `device`."""
+    meta, spec = parse_metadata(_zip_metadata(path), path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit announces its deprecation on every load
+            module = torch.jit.load(str(path), map_location=device).eval()
+    except RuntimeError as exc:
+        raise UserError(f"{path}: cannot load the TorchScript file ({_first_line(exc)})") from None
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x.to(device)).float().cpu()
+
+    return ExportedModel(path, "torchscript", meta, spec, meta["classes"], run)
+
+
+def _onnx(path: Path) -> ExportedModel:
+    """An ONNX export, run by onnxruntime on the CPU."""
+    ort = require("onnxruntime", "onnx", f"{path}: running an ONNX model")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own InvalidProtobuf, Fail, ... for files it cannot read
+        reason = "" if "INVALID_PROTOBUF" in str(exc) else f" ({_first_line(exc)})"
+        raise UserError(
+            f"{path}: neither a TorchScript archive nor an ONNX model{reason}; give a file written by `mnistcli export`"
+        ) from None
+    text = session.get_modelmeta().custom_metadata_map.get(META_KEY)
+    if text is None:
+        raise UserError(f"{path}: an ONNX model without mnistcli metadata; write one with `mnistcli export`")
+    meta, spec = parse_metadata(text, path)
+    feed, fetch = meta["input"]["name"], meta["output"]["name"]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run([fetch], {feed: x.cpu().numpy()})[0]).float()
+
+    return ExportedModel(path, "onnx", meta, spec, meta["classes"], run)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to one short line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]

@@ -1,0 +1,197 @@
+"""`predict_images`: class names and top-k probabilities for image files, from a checkpoint alone."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.image_folder import IMAGE_EXTENSIONS
+from ..data.input_spec import InputSpec
+from ..data.pipeline import network_input, resized_input
+from ..data.preprocess import mode_for, open_image, prepare_pixels, save_pixels
+from ..runs.checkpoint import load_model
+from ..utils.errors import UserError
+from ..utils.files import publish_new, writable_folder, write_error
+from ..utils.runtime import resolve_device
+
+BATCH = 256  # images per forward pass
+PATTERN_CHARS = frozenset("*?[")  # what makes an argument a glob pattern
+OUTPUT_FORMATS = (".csv", ".jsonl")
+CSV_COLUMNS = ["path", "label", "index", "probability", "topk"]  # then input_png (with --show-input) and error
+
+
+def predict_images(
+    paths: list[str | Path],
+    ckpt_path: str | Path | None,
+    topk: int = 5,
+    preprocess: str = "auto",
+    show_input: str | Path | None = None,
+    device: str = "cpu",
+    model_path: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """One result per image (folders and patterns expanded): label, index, probability, top-k and `input_png` if
+    saved, or `error` if it failed. From a checkpoint (`ckpt_path`) or a file `mnistcli export` wrote (`model_path`)."""
+    check_source(ckpt_path, model_path)
+    if topk < 1:
+        raise UserError(f"--topk must be >= 1, got {topk}")
+    folder = None if show_input is None else input_folder(show_input)  # before the slow part, so a typo costs nothing
+    paths = expand_images(paths)
+    dev = resolve_device(device, "device")
+    spec, classes, probabilities = _classifier(ckpt_path, model_path, dev)
+    mode = mode_for(spec, preprocess)
+    results: list[dict[str, Any]] = []
+    ready: list[tuple[int, torch.Tensor]] = []
+    for path in paths:
+        try:
+            pixels = prepare_pixels(open_image(path), spec, mode)
+        except UserError as exc:
+            results.append({"path": str(path), "error": str(exc)})
+            continue
+        results.append({"path": str(path)})
+        ready.append((len(results) - 1, pixels))
+    k = min(topk, len(classes))
+    with torch.inference_mode():
+        for start in range(0, len(ready), BATCH):
+            chunk = ready[start : start + BATCH]
+            probs = probabilities(torch.stack([px for _, px in chunk]))
+            top_p, top_i = probs.topk(k, dim=1)
+            for (slot, _), p_row, i_row in zip(chunk, top_p.tolist(), top_i.tolist()):
+                top = [{"label": classes[i], "index": i, "probability": p} for p, i in zip(p_row, i_row)]
+                results[slot].update(
+                    label=top[0]["label"], index=top[0]["index"], probability=top[0]["probability"], topk=top
+                )
+    if folder is not None:
+        _show(ready, results, spec, folder)
+    return results
+
+
+def check_source(ckpt_path: str | Path | None, model_path: str | Path | None) -> None:
+    """Exactly one of a checkpoint and an exported model to predict with."""
+    if (ckpt_path is None) == (model_path is None):
+        raise UserError("give exactly one of --ckpt PATH (a checkpoint) and --model FILE (an exported model)")
+
+
+def class_probabilities(model: nn.Module, pixels: torch.Tensor, spec: InputSpec, temperature: float) -> torch.Tensor:
+    """Stored uint8 pixels (N, C, H, W) on the model's device -> class probabilities: predict's (and export's) path."""
+    out = model(network_input(pixels, spec)).float()
+    # calibrated: softmax(output / T); for log-softmax models softmax(log p / T) is p^(1/T) renormalised
+    return (out / temperature).softmax(1)
+
+
+def _classifier(
+    ckpt_path: str | Path | None, model_path: str | Path | None, dev: torch.device
+) -> tuple[InputSpec, list[str], Callable[[torch.Tensor], torch.Tensor]]:
+    """Input spec, class names and a (uint8 batch on the CPU -> probabilities) function of a checkpoint or export."""
+    if model_path is not None:
+        from .artifact import load_exported
+
+        exported = load_exported(model_path, dev)
+        return exported.spec, exported.classes, exported.probabilities
+    model, info = load_model(ckpt_path, dev)
+    spec, temperature = info["input_spec"], info["temperature"]
+    return spec, info["classes"], lambda pixels: class_probabilities(model, pixels.to(dev), spec, temperature)
+
+
+def expand_images(args: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders searched for image files; patterns the shell left unexpanded ('photos/*.jpg', quoted)
+    expanded here as the shell would. A pattern matching nothing, or a folder with no image, is a UserError."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if not str(arg).strip():  # Path('') is the current folder: never searched by accident
+            raise UserError("an image argument is empty; give a file, a folder or a pattern")
+        if path.is_dir():
+            paths += images_in(path)
+        elif not os.path.lexists(path) and PATTERN_CHARS & set(str(arg)):
+            matches = sorted(glob.glob(str(arg), recursive=True))
+            if not matches:
+                raise UserError(f"{arg}: no file matches this pattern")
+            paths += [p for m in matches for p in (images_in(Path(m)) if os.path.isdir(m) else [Path(m)])]
+        else:
+            paths.append(path)  # a file, or a name that is not there: its own error line when read
+    return paths
+
+
+def images_in(folder: Path) -> list[Path]:
+    """Image files in a folder and its sub-folders, sorted; hidden ones skipped, links followed once."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        here = os.stat(top)
+        if (here.st_dev, here.st_ino) in seen:  # a link back up the tree: already searched
+            dirs[:] = []
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: which name reaches a folder is fixed
+        found += [Path(top) / f for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not found:
+        raise UserError(f"{folder}: no image files in this folder or below; looked for {', '.join(IMAGE_EXTENSIONS)}")
+    return sorted(found)
+
+
+def check_output(path: str | Path) -> Path:
+    """The --output file: a new .csv or .jsonl file in a writable folder; checked before any work."""
+    out = Path(path)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise UserError(f"--output {path}: unknown file type '{out.suffix}'; allowed: a .csv or .jsonl file name")
+    if os.path.lexists(out):
+        raise UserError(f"--output {path}: the file exists and is never replaced; give a new file name")
+    writable_folder(out.parent, "--output")
+    return out
+
+
+def write_output(results: list[dict[str, Any]], path: Path) -> None:
+    """One row per image into a new .csv or .jsonl file, written whole or not at all; no file is ever replaced."""
+    if path.suffix.lower() == ".jsonl":
+        text = "".join(json.dumps(res) + "\n" for res in results)
+    else:
+        columns = CSV_COLUMNS + (["input_png"] if any("input_png" in r for r in results) else []) + ["error"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns, lineterminator="\n")
+        writer.writeheader()
+        for res in results:
+            writer.writerow({**res, "topk": json.dumps(res["topk"]) if "topk" in res else ""})
+        text = buf.getvalue()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        publish_new(tmp, path, f"--output {path}: a file of that name appeared while predicting; it was not replaced")
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def input_folder(path: str | Path) -> Path:
+    """The --show-input folder, created if missing; a file there, or a folder that cannot be written, is a UserError."""
+    return writable_folder(Path(path), "--show-input")
+
+
+def _show(ready: list[tuple[int, torch.Tensor]], results: list[dict[str, Any]], spec: InputSpec, folder: Path) -> None:
+    """Save what the network saw for each image (before normalization) as a new PNG; its path goes in `input_png`."""
+    for slot, pixels in ready:
+        seen = resized_input(pixels[None], spec)[0].mul(255).round().clamp(0, 255).to(torch.uint8)
+        results[slot]["input_png"] = str(_save_new(seen, folder, Path(results[slot]["path"]).stem))
+
+
+def _save_new(pixels: torch.Tensor, folder: Path, stem: str) -> Path:
+    """Write `<stem>.input.png`, or `<stem>.input-2.png`, `-3`... when taken: no existing file is ever replaced."""
+    n = 1
+    while True:
+        path = folder / (f"{stem}.input.png" if n == 1 else f"{stem}.input-{n}.png")
+        try:
+            save_pixels(pixels, path)
+            return path
+        except FileExistsError:
+            n += 1  # another image with this stem, or a file of the user's: try the next name
+        except OSError as exc:
+            raise UserError(f"--show-input {folder}: cannot write {path.name} ({exc.strerror or exc})") from None

@@ -1,0 +1,212 @@
+"""The model registry: one entry per model family, with everything the rest of mnistcli asks about a model.
+
+Torch-free: config validation reads names and keys here; builders import torch and torchvision only when called.
+A model's architecture spec is `{"family", "name", "kwargs"}`: plain data that rebuilds the module with no config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..utils.errors import CheckpointError
+
+MLP_KEYS = frozenset({"model.hidden", "model.activation", "model.dropout"})
+CONV_KEYS = frozenset(
+    {
+        "model.channels",
+        "model.kernel_size",
+        "model.padding",
+        "model.pool",
+        "model.pool_every",
+        "model.batch_norm",
+        "model.conv_dropout",
+    }
+)
+# activation name -> torch.nn class name
+ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "tanh": "Tanh", "leaky_relu": "LeakyReLU"}
+TRANSFER_KEYS = frozenset(
+    {
+        "model.pretrained",
+        "model.weights_path",
+        "model.freeze",
+        "model.head",
+        "optimizer.backbone_lr",
+        "train.unfreeze_at_epoch",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """How one family of networks is configured, built and fed."""
+
+    name: str
+    models: tuple[str, ...]  # the `model.name` values this family builds
+    keys: frozenset[str]  # dotted config keys this family reads beyond model.name and model.log_softmax
+    arch: Callable[[Any, list[int], int], dict[str, Any]]  # (model section, [C, H, W], classes) -> kwargs
+    build: Callable[[str, dict[str, Any]], Any]  # (model name, kwargs) -> nn.Module; imports torch when called
+    resize: Literal["stretch", "crop"] = "stretch"  # how images of another shape reach the input size
+    input_channels: int | None = None  # channels the network insists on (None: the data's own)
+    transfer: bool = False  # pretrained weights, a frozen backbone and its own learning rate
+    conv: Callable[[str], bool] = field(default=lambda name: True)  # channels-last by default (conv nets)
+
+    def spec(self, model_cfg: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
+        """The rebuildable architecture spec of a config's model section."""
+        kwargs = self.arch(model_cfg, list(in_shape), int(num_classes))
+        return {"family": self.name, "name": model_cfg.name, "kwargs": kwargs}
+
+
+def _dense(m: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
+    """Arguments every dense-headed network of ours takes."""
+    return dict(
+        in_shape=in_shape,
+        num_classes=num_classes,
+        hidden=list(m.hidden),
+        activation=m.activation,
+        dropout=m.dropout,
+        log_softmax=m.log_softmax,
+    )
+
+
+def _conv(m: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
+    """A `cnn` section's constructor arguments."""
+    layers = dict(
+        channels=list(m.channels),
+        kernel_size=m.kernel_size,
+        padding=m.padding,
+        pool=m.pool,
+        pool_every=m.pool_every,
+        batch_norm=m.batch_norm,
+        conv_dropout=m.conv_dropout,
+    )
+    return {**_dense(m, in_shape, num_classes), **layers}
+
+
+# The networks the source tutorials teach: base family and its fixed constructor arguments.
+TUTORIALS: dict[str, tuple[str, dict[str, Any]]] = {
+    # Conv2d 1->32->64->64, 3x3 valid, ReLU after each, Flatten, Linear -> classes.
+    "image_classifier": (
+        "cnn",
+        dict(channels=[32, 64, 64], hidden=[], kernel_size=3, padding=0, pool="none", batch_norm=False),
+    ),
+    # conv 6@5x5, max-pool, conv 12@5x5, max-pool, fc 120, fc 60, out.
+    "lenet_tutorial": (
+        "cnn",
+        dict(channels=[6, 12], hidden=[120, 60], kernel_size=5, padding=0, pool="max", batch_norm=False),
+    ),
+    # 784-128-64-10 with ReLU.
+    "mlp_tutorial": ("mlp", dict(hidden=[128, 64], activation="relu", dropout=0.0)),
+}
+
+
+def _tutorial(m: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
+    """A tutorial network's fixed arguments, sized to the data."""
+    fixed = TUTORIALS[m.name][1]
+    return dict(fixed, in_shape=in_shape, num_classes=num_classes, log_softmax=m.log_softmax)
+
+
+def _build_mlp(name: str, kwargs: dict[str, Any]) -> Any:
+    """An MLP module."""
+    from .nets import MLP
+
+    return MLP(**kwargs)
+
+
+def _build_cnn(name: str, kwargs: dict[str, Any]) -> Any:
+    """A CNN module."""
+    from .nets import CNN
+
+    return CNN(**kwargs)
+
+
+def _build_tutorial(name: str, kwargs: dict[str, Any]) -> Any:
+    """A tutorial network, built by its base family."""
+    return (_build_cnn if TUTORIALS[name][0] == "cnn" else _build_mlp)(name, kwargs)
+
+
+# mnistcli name -> torchvision builder name (also the key of its weights enum in torchvision's registry).
+BACKBONES: dict[str, str] = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "resnet50": "resnet50",
+    "densenet121": "densenet121",
+    "mobilenet_v3_small": "mobilenet_v3_small",
+    "efficientnet_b0": "efficientnet_b0",
+}
+
+
+def _backbone(m: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
+    """A backbone's head arguments (the body is torchvision's, named by model.name)."""
+    return dict(
+        name=m.name,
+        num_classes=num_classes,
+        head_hidden=[int(w) for w in m.head.hidden],
+        head_activation=str(m.head.activation),
+        head_dropout=float(m.head.dropout),
+        log_softmax=bool(m.log_softmax),
+    )
+
+
+def _build_backbone(name: str, kwargs: dict[str, Any]) -> Any:
+    """A torchvision backbone with a new head (random weights; pretrained ones are loaded later)."""
+    from .backbones import build_backbone
+
+    return build_backbone(**kwargs)
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f
+    for f in (
+        ModelFamily("mlp", ("mlp",), MLP_KEYS, _dense, _build_mlp, conv=lambda name: False),
+        ModelFamily("cnn", ("cnn",), MLP_KEYS | CONV_KEYS, _conv, _build_cnn),
+        ModelFamily(
+            "tutorial",
+            tuple(TUTORIALS),
+            frozenset(),
+            _tutorial,
+            _build_tutorial,
+            conv=lambda name: TUTORIALS[name][0] == "cnn",
+        ),
+        ModelFamily(
+            "torchvision",
+            tuple(BACKBONES),
+            TRANSFER_KEYS,
+            _backbone,
+            _build_backbone,
+            resize="crop",
+            input_channels=3,
+            transfer=True,
+        ),
+    )
+}
+MODELS: dict[str, ModelFamily] = {model: f for f in FAMILIES.values() for model in f.models}
+
+
+def family_of(arch: dict[str, Any]) -> ModelFamily:
+    """The family that rebuilds an architecture spec (older checkpoints name only the model)."""
+    family = FAMILIES.get(arch.get("family", ""))
+    if family is None:
+        family = MODELS.get(arch.get("preset") or arch.get("name", ""))
+    if family is None:
+        raise CheckpointError(f"unknown model '{arch.get('name')}' in checkpoint; known: {', '.join(sorted(MODELS))}")
+    return family
+
+
+def upgrade_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """A spec from any mnistcli version in today's form: family, model name, kwargs."""
+    if "family" in arch:
+        return arch
+    return {"family": family_of(arch).name, "name": arch.get("preset") or arch["name"], "kwargs": arch["kwargs"]}
+
+
+def build_model(arch: dict[str, Any]) -> Any:
+    """Rebuild a model from its architecture spec (weights are loaded separately)."""
+    arch = upgrade_arch(arch)
+    return family_of(arch).build(arch["name"], arch["kwargs"])
+
+
+def arch_spec(model_cfg: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
+    """The architecture spec of a config's model section, through its family."""
+    return MODELS[model_cfg.name].spec(model_cfg, in_shape, num_classes)

@@ -1,0 +1,179 @@
+"""Know the data before training on it: `mnistcli data show`, a grid of images as the network sees them, and the
+class counts per split (with an imbalance warning) that the audit (dataaudit.py) reports too."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config.schema import Config, load_config
+from ..data.input_spec import InputSpec, input_spec
+from ..data.loaders import make_batches, open_splits
+from ..data.subsets import targets_of
+from ..utils.errors import UserError, unknown_name
+from ..utils.extras import require
+from ..utils.files import create_new, write_error
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+IMBALANCE = 1.5  # largest / smallest class count above which a split is called imbalanced
+CELL_INCH = 1.0  # width of one grid cell; its height adds room for the class name
+DPI = 80  # 8 columns of 1-inch cells: a 640 px wide grid
+LABEL_CHARS = 16  # class names longer than this are shortened under their image (they would overlap)
+
+
+def has_test(cfg: Config) -> bool:
+    """Whether the config has a test split: image folders only with data.test_dir."""
+    return cfg.data.name != "image_folder" or cfg.data.test_dir is not None
+
+
+def class_counts(targets: torch.Tensor, classes: list[str]) -> dict[str, int]:
+    """Images per class name, classes without images included (as 0)."""
+    counts = torch.bincount(targets.to(torch.int64), minlength=len(classes)).tolist()
+    return {name: int(n) for name, n in zip(classes, counts)}
+
+
+def imbalance(split: str, counts: dict[str, int]) -> str | None:
+    """The warning for a split whose largest class holds more than IMBALANCE times its smallest, else None."""
+    if len(counts) < 2:
+        return None
+    small, large = min(counts, key=counts.__getitem__), max(counts, key=counts.__getitem__)
+    n_small, n_large = counts[small], counts[large]
+    if n_small == 0:
+        return f"{split} split is imbalanced: class '{small}' has no images ('{large}' has {n_large})"
+    if n_large <= IMBALANCE * n_small:
+        return None
+    return (
+        f"{split} split is imbalanced: class '{large}' has {n_large} images, {n_large / n_small:.1f}x the "
+        f"{n_small} of '{small}' (more than {IMBALANCE}x)"
+    )
+
+
+def log_counts(counts: dict[str, dict[str, int]]) -> list[str]:
+    """Log each split's class counts; warn (and return the warnings) for imbalanced splits."""
+    warnings = []
+    for split, per_class in counts.items():
+        listed = ", ".join(f"{name} {n}" for name, n in per_class.items())
+        log.info("%s: %d images: %s", split, sum(per_class.values()), listed)
+        line = imbalance(split, per_class)
+        if line:
+            log.warning("%s", line)
+            warnings.append(line)
+    return warnings
+
+
+def sample_figure(
+    source: Any, overrides: list[str] | None = None, split: str = "train", n: int = 64
+) -> tuple[Any, dict[str, dict[str, int]]]:
+    """A matplotlib Figure of up to n images of a split as the network sees them, and each split's class counts.
+
+    The split is opened and batched as training does ('train' shuffled and augmented), then de-normalised."""
+    if split not in SPLITS:
+        raise UserError(unknown_name("split", split, SPLITS))
+    if n < 1:
+        raise UserError(f"n {n}: the grid needs at least 1 image")
+    figure = require("matplotlib.figure", "plots")
+    cfg = load_config(source, overrides)
+    cfg.data.num_workers = 0  # a few batches: worker processes would cost more than they save
+    spec = input_spec(cfg)
+    names = ["train", "val"] + (["test"] if split == "test" or has_test(cfg) else [])
+    splits, classes = open_splits(cfg, spec, names)
+    counts = {name: class_counts(targets_of(src), classes) for name, src in splits.items()}
+    log_counts(counts)
+    pixels, labels = _first_images(splits[split], cfg, spec, split, n)
+    title = f"{cfg.name}: {len(labels)} {split} images as the network sees them"
+    return _grid(figure.Figure, pixels, [classes[i] for i in labels], title), counts
+
+
+def show_data(
+    source: Any, overrides: list[str] | None = None, split: str = "train", out: str | Path | None = None, n: int = 64
+) -> dict[str, Any]:
+    """Save a grid PNG of up to n images of a split, each with its class name, into a new file (never replaced).
+
+    out defaults to `<config stem>_<split>_samples.png` in the current folder. Returns {'out', 'counts'}."""
+    if out is None:
+        stem = Path(source).stem if isinstance(source, (str, Path)) else load_config(source, overrides).name
+        out = f"{stem}_{split}_samples.png"
+    path = Path(out)
+    _check_new(path)  # before any work
+    fig, counts = sample_figure(source, overrides, split, n)
+    agg = require("matplotlib.backends.backend_agg", "plots")
+    buf = io.BytesIO()
+    agg.FigureCanvasAgg(fig).print_png(buf)
+    _write_new(path, buf.getvalue())
+    log.info("wrote %s", path)
+    return {"out": str(path), "counts": counts}
+
+
+def _first_images(src: Any, cfg: Config, spec: InputSpec, split: str, n: int) -> tuple[torch.Tensor, list[int]]:
+    """Up to n images of an opened split from its batches, back in [0, 1] pixel units (N, C, H, W), and labels."""
+    images, labels, have = [], [], 0
+    for x, y in make_batches(src, cfg, spec, torch.device("cpu"), train=split == "train"):
+        images.append(x[: n - have])
+        labels += y[: n - have].tolist()
+        have = len(labels)
+        if have >= n:
+            break
+    if not labels:
+        raise UserError(f"the {split} split has no image that could be decoded")
+    x = torch.cat(images).float()
+    if spec.normalize:
+        mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        x = x * std + mean
+    return x.clamp(0, 1), labels
+
+
+def _grid(figure_class: type, pixels: torch.Tensor, names: list[str], title: str) -> Any:
+    """A near-square grid of images, each with its class name under it."""
+    cols = min(len(names), max(8, math.ceil(math.sqrt(len(names)))))  # 8 wide up to 64 images, then square
+    rows = math.ceil(len(names) / cols)
+    width = max(cols * CELL_INCH, 4.0)  # inches: room for the title over a few images
+    title = textwrap.fill(title, int(width * 12))  # about 12 characters of 8 pt text per inch
+    head = 0.2 + 0.15 * (title.count("\n") + 1)  # inches for the title
+    fig = figure_class(figsize=(width, rows * CELL_INCH * 1.2 + head), dpi=DPI)
+    height = fig.get_figheight()  # margins in inches: the title above, the last row's names below
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.22 / height, top=1 - head / height, hspace=0.3)
+    fig.suptitle(title, fontsize=8, y=1 - 0.08 / height)
+    for i, (img, name) in enumerate(zip(pixels, names)):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        arr = img.permute(1, 2, 0).numpy()
+        if arr.shape[2] == 1:
+            ax.imshow(arr[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(arr, interpolation="nearest")
+        ax.set_axis_off()
+        short = name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "…"
+        ax.text(0.5, -0.04, short, transform=ax.transAxes, ha="center", va="top", fontsize=7)
+    return fig
+
+
+def _check_new(path: Path) -> None:
+    """Refuse a name that is taken (an existing file is never replaced) or a folder that cannot be written."""
+    if os.path.lexists(path):
+        raise UserError(f"{path}: the file exists and is never replaced; give a new file name")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # the nearest one there
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write into {folder} (not a writable folder)")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a new file whole or not at all; a file that appeared meanwhile is not replaced."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create the folder {path.parent} ({exc.strerror or exc})") from None
+    try:
+        create_new(path, data)
+    except FileExistsError:
+        raise UserError(f"{path}: a file of that name appeared meanwhile; it was not replaced") from None
+    except OSError as exc:
+        raise write_error(path, exc) from None

@@ -1,0 +1,1 @@
+"""Training: building a run, the epoch loop, its in-memory state, exact resume, sweeps."""

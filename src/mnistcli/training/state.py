@@ -1,0 +1,137 @@
+"""The state of one training run, and how it is built around a model from a config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config.schema import Config
+from ..data.input_spec import InputSpec
+from ..data.loaders import DeviceBatches
+from ..engine import StepSetup
+from ..models.families import ModelFamily, build_model, family_of
+from ..optim import build_loss, build_optimizer
+from ..schedule import LRSchedule
+from ..utils.distributed import SINGLE, STOP_CHECK_EVERY_CUDA, AgreedStop, World
+from ..utils.runtime import amp_dtype
+from ..utils.stopwatch import Stopwatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds between epochs."""
+
+    cfg: Config
+    out: Path
+    device: torch.device
+    spec: InputSpec
+    arch: dict[str, Any]
+    classes: list[str]
+    model: nn.Module
+    train_batches: DeviceBatches
+    val_batches: DeviceBatches
+    setup: StepSetup
+    schedule: LRSchedule
+    epoch: int = 0  # epochs completed
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
+    partial: dict[str, Any] | None = None  # sums of an epoch interrupted part-way
+    versions: dict[str, Any] = field(default_factory=dict)  # software, commit and device, for every checkpoint
+    step_model: nn.Module | None = None  # what the loop calls: the model, or its torch.compile wrapper
+    run_id: str = ""  # identifies the run across resumes: the run folder's owner
+    world: World = SINGLE  # this process's rank among torchrun's processes
+    watch: Stopwatch = field(default_factory=Stopwatch)  # seconds by phase: training, validation, checkpoints
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model's registry entry."""
+        return family_of(self.arch)
+
+    @property
+    def backbone_trains(self) -> bool:
+        """Whether a transfer model's backbone is unfrozen (false for every other family)."""
+        return self.family.transfer and not self.model.frozen
+
+
+def build_run_model(
+    cfg: Config, arch: dict[str, Any], device: torch.device, cl: bool, weights: Any = None
+) -> nn.Module:
+    """Model from its spec; a transfer family's gets the fetched pretrained `weights` and is frozen as asked."""
+    model = build_model(arch)
+    if family_of(arch).transfer:
+        from ..models.backbones import load_pretrained, set_backbone_trainable
+
+        if weights is not None:
+            log.info("pretrained weights: %s", load_pretrained(model, arch["name"], None, weights))
+        freeze = cfg.model.freeze or ("backbone" if cfg.model.pretrained else "none")
+        set_backbone_trainable(model, freeze == "none")
+    model.to(device)
+    if cl:
+        model.to(memory_format=torch.channels_last)  # NHWC convolutions: measured faster on CPU and CUDA
+    return model
+
+
+def _param_groups(model: nn.Module, family: ModelFamily, cfg: Config) -> list[dict[str, Any]]:
+    """Trainable parameters only; a transfer model's backbone gets its own group and lr."""
+    if family.transfer:
+        from ..models.backbones import param_groups
+
+        return param_groups(model, cfg.optimizer.lr, cfg.optimizer.backbone_lr)
+    return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+
+def new_run(
+    cfg: Config,
+    out: Path,
+    device: torch.device,
+    spec: InputSpec,
+    arch: dict[str, Any],
+    classes: list[str],
+    model: nn.Module,
+    batches: tuple[DeviceBatches, DeviceBatches],
+    world: World = SINGLE,
+) -> Run:
+    """Optimizer, schedule, scaler and loss around a fresh model and its (train, val) batches; under torchrun the
+    loop calls the model through DistributedDataParallel and all ranks agree on a stop."""
+    dtype = amp_dtype(cfg.train.amp, device)
+    optimizer = build_optimizer(_param_groups(model, family_of(arch), cfg), cfg.optimizer)
+    schedule = LRSchedule(optimizer, cfg.scheduler, cfg.train.epochs, len(batches[0]), cfg.train.max_steps)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    setup = StepSetup(build_loss(cfg.loss), optimizer, schedule, scaler, dtype, cfg.train.grad_clip, cfg.train.on_nan)
+    if world.active:
+        setup.stop = AgreedStop(STOP_CHECK_EVERY_CUDA if device.type == "cuda" else 1)
+    run = Run(cfg, out, device, spec, arch, classes, model, *batches, setup, schedule, world=world)
+    _wrap(run)
+    return run
+
+
+def _wrap(run: Run) -> None:
+    """What the loop calls: the model, in DDP under torchrun, compiled when asked. All wrappers share the model's
+    parameters, so checkpoints keep saving `model` itself (the single-process format)."""
+    model = run.model
+    if run.world.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[run.device] if run.device.type == "cuda" else None)
+    run.step_model = torch.compile(model) if run.cfg.train.compile else model
+
+
+def unfreeze(run: Run) -> None:
+    """Make the backbone trainable and give it its own optimizer group (at optimizer.backbone_lr)."""
+    from ..models.backbones import set_backbone_trainable
+
+    set_backbone_trainable(run.model, True)
+    lr = run.cfg.optimizer.backbone_lr or run.cfg.optimizer.lr
+    params = [p for n, p in run.model.named_parameters() if n.startswith("backbone.")]
+    run.setup.optimizer.add_param_group({"params": params, "lr": lr, "name": "backbone"})
+    run.schedule.add_group(run.setup.optimizer.param_groups[-1], lr / run.cfg.optimizer.lr)
+    if run.world.active:  # DDP reduces the parameters that trained when it was built: build it again
+        _wrap(run)
+    log.info("backbone unfrozen (lr %.3g)", lr)
