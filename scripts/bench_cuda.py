@@ -34,8 +34,9 @@ from mnistcli.config.schema import load_config  # noqa: E402
 from mnistcli.data.input_spec import input_spec  # noqa: E402
 from mnistcli.data.loaders import make_batches, open_splits  # noqa: E402
 from mnistcli.engine import StepSetup, train_one_epoch  # noqa: E402
+from mnistcli.losses import build_loss  # noqa: E402
 from mnistcli.models.families import MODELS, build_model  # noqa: E402
-from mnistcli.optim import build_loss, build_optimizer  # noqa: E402
+from mnistcli.optim import build_optimizer  # noqa: E402
 from mnistcli.training.state import build_run_model  # noqa: E402
 from mnistcli.utils.runtime import amp_dtype, fast_math, keep_freed_memory  # noqa: E402
 

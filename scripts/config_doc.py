@@ -13,9 +13,9 @@ from mnistcli.config.json_schema import REGISTRY_KEYS, comments
 from mnistcli.config.schema import Config
 from mnistcli.config.validate import RANGES
 from mnistcli.data.datasets import DATASETS
+from mnistcli.losses import LOSSES
 from mnistcli.models.families import FAMILIES
-from mnistcli.optim import LOSSES, OPTIMIZERS
-from mnistcli.schedule import SCHEDULERS
+from mnistcli.optim import OPTIMIZERS, SCHEDULERS
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
 

@@ -21,7 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mnistcli import load_model
-from mnistcli.cli.app import app
+from mnistcli.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -169,7 +169,7 @@ def test_errors_are_one_line(args: list[str], needle: str, tmp_path: Path) -> No
 
 
 def test_help_imports_no_torch() -> None:
-    code = "import sys; from mnistcli.cli.app import app; assert not {'torch', 'torchvision'} & set(sys.modules)"
+    code = "import sys; from mnistcli.cli import app; assert not {'torch', 'torchvision'} & set(sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     proc = subprocess.run([sys.executable, "-m", "mnistcli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "predict" in proc.stdout

@@ -16,7 +16,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
-from mnistcli.cli.app import app
+from mnistcli.cli import app
 from mnistcli.config.json_schema import config_schema, range_schema
 from mnistcli.config.schema import Config, ModelConfig, load_config
 from mnistcli.config.validate import RANGES, _choices

@@ -12,8 +12,7 @@ import torch
 from conftest import digit_like
 
 from mnistcli.config.schema import OptimizerConfig
-from mnistcli.engine import StepSetup, train_one_epoch
-from mnistcli.nonfinite import SEND_EVERY
+from mnistcli.engine import SEND_EVERY, StepSetup, train_one_epoch
 from mnistcli.optim import build_optimizer
 from mnistcli.utils.errors import UserError
 from mnistcli.utils.progress import Display

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnistcli.cli.app import app
+from mnistcli.cli import app
 from mnistcli.training.train import train
 from mnistcli.utils.errors import UserError
 

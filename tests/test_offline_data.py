@@ -16,9 +16,8 @@ import pytest
 from conftest import REPO, write_idx
 from torchvision import datasets
 
-from mnistcli.data.checksums import ARCHIVE_MD5, EMNIST_MD5, EMNIST_URL, MIRRORS
 from mnistcli.data.datasets import MNIST_FILES
-from mnistcli.data.store import FOLDERS, md5_of, status
+from mnistcli.data.store import ARCHIVE_MD5, EMNIST_MD5, EMNIST_URL, FOLDERS, MIRRORS, md5_of, status
 
 MNIST_GZ = [f"{name}.gz" for name in MNIST_FILES]
 # The real MNIST: ../shared/datasets holds the same .gz files as the repository's data/MNIST/raw.

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnistcli.cli.app import app
+from mnistcli.cli import app
 from mnistcli.config.schema import Config, load_config
 from mnistcli.data.datasets import IMAGENET_STATS, load_split
 from mnistcli.data.input_spec import InputSpec, input_spec, stored_shape

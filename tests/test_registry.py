@@ -14,7 +14,7 @@ from conftest import digit_like, make_idx_dataset, write_idx
 from typer.testing import CliRunner
 
 import mnistcli
-from mnistcli.cli.app import app
+from mnistcli.cli import app
 from mnistcli.config.schema import Config, ModelConfig, load_config
 from mnistcli.data.input_spec import input_spec
 from mnistcli.data.loaders import open_splits

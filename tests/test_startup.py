@@ -18,7 +18,7 @@ from conftest import make_idx_dataset
 
 from mnistcli.config.schema import load_config
 from mnistcli.data.datasets import DATASETS
-from mnistcli.data.idxdata import CLASSES, IdxSplit
+from mnistcli.data.idx import CLASSES, IdxSplit
 
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnistcli.cli.app import app
+from mnistcli.cli import app
 from mnistcli.deploy.export import export_checkpoint
 from mnistcli.deploy.predict import predict_images
 from mnistcli.training.train import train

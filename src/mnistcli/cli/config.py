@@ -1,5 +1,5 @@
-"""`mnistcli config show|validate|schema`, `mnistcli models` and `mnistcli datasets`: what a config resolves to and
-what the registries hold."""
+"""`mnistcli config show|validate|schema`, `models`, `datasets` and `doctor`: what a config resolves to, what the
+registries hold, and what a run would use and what would stop it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import typer
 import yaml
 
-from .call import run
+from .call import run, setup_logging
 
 config_app = typer.Typer(help="Show, check and describe experiment configs.", no_args_is_help=True)
 
@@ -158,3 +158,26 @@ def datasets_(
     header = ("dataset", "image", "classes", "train", "test", f"under {root}")
     for line in _table(header, rows, right={2, 3, 4}):
         typer.echo(line)
+
+
+def doctor(
+    config: Path | None = typer.Argument(None, help="YAML experiment config; without it, the environment only."),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
+) -> None:
+    """What a run would use (versions, devices, data, weights, output folder) and what would stop it before it
+    starts, one line per check. Exit code 0 only when the config would start."""
+    setup_logging(True)
+
+    def work() -> list[Any]:
+        from ..tools.doctor import run_checks
+
+        return run_checks(config, list(set_ or []))
+
+    checks = run(work)
+    for check in checks:
+        typer.echo(check.line())
+    problems = sum(not c.ok for c in checks)
+    if problems:
+        typer.echo(f"error: {problems} problem{'s' * (problems > 1)}; see the lines marked problem", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"no problems: `mnistcli train {config}` would start" if config else "no problems")

@@ -1,80 +1,20 @@
-"""The commands around training: `plot` (curves of runs, torch-free), `sweep` (a grid of runs), `data show|audit`
-(look at the data before training on it), `data status|import` (the dataset files, offline) and `doctor` (what a run
-would use and what would stop it)."""
+"""`mnistcli data show|audit` (look at a config's data before training on it) and `data status|import` (the
+dataset files, offline)."""
 
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from ..utils.errors import UserError
 from .call import run, setup_logging
 
 data_app = typer.Typer(
     help="Look at a config's data before training on it; check and import the dataset files.", no_args_is_help=True
 )
 MB = 1e6  # bytes: sizes print in decimal megabytes, as file managers show them
-
-
-def plot(
-    runs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run folders (each holds a metrics.csv)."),
-    out: Path | None = typer.Option(
-        None,
-        "--out",
-        metavar="FILE",
-        help="PNG to write [default: curves.png in the run folder for one run; ./curves.png for several, which "
-        "must not exist yet].",
-    ),
-) -> None:
-    """Draw the loss, accuracy and learning-rate curves of one or several runs on shared axes."""
-
-    def work() -> Path:
-        from ..runs.plots import save_curves
-
-        target = out or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
-        if out is None and len(runs) > 1 and target.exists():
-            raise UserError(f"{target} exists and is not a run's own file; give --out FILE")
-        for folder in runs:
-            if not (folder / "metrics.csv").is_file():
-                raise UserError(f"{folder}: no metrics.csv here; give run folders written by `mnistcli train`")
-        return save_curves(list(runs), target)
-
-    typer.echo(f"wrote {run(work)}")
-
-
-def sweep(
-    config: Path = typer.Argument(..., help="YAML experiment config."),
-    grid: list[str] = typer.Option(
-        ..., "--grid", metavar="KEY=[V1,V2,...]", help="A key and the values to try; repeatable: every combination."
-    ),
-    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a key in every run."),
-    out: Path | None = typer.Option(None, "--out", help="Sweep folder [default: sweeps/<config name>]."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-epoch lines."),
-) -> None:
-    """Train every combination of the grid, each in its own run folder; write sweep.csv, best first. Re-running the
-    same command skips finished runs and resumes an interrupted one."""
-    setup_logging(quiet)
-
-    def work() -> dict[str, Any]:
-        from ..training.sweep import parse_grid, run_sweep
-        from ..training.train import TrainingInterrupted
-        from ..utils.progress import resolve
-
-        try:
-            return run_sweep(config, parse_grid(grid), list(set_ or []), out, progress=resolve(None, quiet))
-        except TrainingInterrupted as stop:  # the run in progress left interrupted.pt; the same command goes on
-            name = signal.Signals(stop.signum).name
-            typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; run the same command again to go on", err=True)
-            raise typer.Exit(128 + stop.signum) from None
-
-    res = run(work)
-    for line in res["table"]:
-        typer.echo(line)
-    typer.echo(f"best: {res['best_checkpoint']}")
 
 
 @data_app.command("show")
@@ -177,26 +117,3 @@ def data_import(
         typer.echo(f"error: {line}", err=True)
     if problems:
         raise typer.Exit(2)
-
-
-def doctor(
-    config: Path | None = typer.Argument(None, help="YAML experiment config; without it, the environment only."),
-    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
-) -> None:
-    """What a run would use (versions, devices, data, weights, output folder) and what would stop it before it
-    starts, one line per check. Exit code 0 only when the config would start."""
-    setup_logging(True)
-
-    def work() -> list[Any]:
-        from ..tools.doctor import run_checks
-
-        return run_checks(config, list(set_ or []))
-
-    checks = run(work)
-    for check in checks:
-        typer.echo(check.line())
-    problems = sum(not c.ok for c in checks)
-    if problems:
-        typer.echo(f"error: {problems} problem{'s' * (problems > 1)}; see the lines marked problem", err=True)
-        raise typer.Exit(2)
-    typer.echo(f"no problems: `mnistcli train {config}` would start" if config else "no problems")

@@ -1,12 +1,15 @@
-"""`mnistcli export`: a deployable TorchScript or ONNX file, checked against PyTorch before it is kept."""
+"""The commands that use a trained model: `predict` (from a checkpoint or an exported file) and `export` (a
+TorchScript or ONNX file, checked against PyTorch before it is kept). Each imports torch only when it runs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from ..utils.errors import UserError
 from .call import run, setup_logging
 
 
@@ -59,3 +62,65 @@ def export(
         f"batch sizes {', '.join(map(str, check['batch_sizes']))}"
     )
     typer.echo(f"metadata: {res['sidecar']}")
+
+
+def predict(
+    images: list[str] = typer.Argument(
+        ...,
+        metavar="IMAGE",
+        help="Image files (PNG, JPEG, ...), folders (searched with their sub-folders for image files) or patterns "
+        "such as 'photos/*.jpg'.",
+    ),
+    ckpt: Path | None = typer.Option(None, "--ckpt", help="Checkpoint written by `mnistcli train`."),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        metavar="FILE",
+        help="Instead of --ckpt: a TorchScript or ONNX file written by `mnistcli export` (classes and input spec "
+        "are read from the file).",
+    ),
+    topk: int = typer.Option(3, "--topk", help="How many classes to list per image."),
+    preprocess: str = typer.Option("auto", "--preprocess", help="auto | mnist | none: how images are prepared."),
+    show_input: Path | None = typer.Option(None, "--show-input", help="Save what the network saw, as PNG, here."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        metavar="FILE",
+        help="Write one row per image into a new FILE.csv or FILE.jsonl (an existing file is never replaced).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
+) -> None:
+    """Predicted class and top-k probabilities for each image, from the checkpoint alone or an exported model."""
+
+    def work() -> list[dict[str, Any]]:
+        if output is not None and as_json:
+            raise UserError("--json and --output: give one of them (--output FILE.jsonl writes the JSON lines)")
+        from ..deploy.predict import check_output, check_source, predict_images, write_output
+
+        check_source(ckpt, model)
+        target = None if output is None else check_output(output)  # before any work: a refusal costs nothing
+        results = predict_images(images, ckpt, topk, preprocess, show_input, model_path=model)
+        if target is not None:
+            write_output(results, target)
+        return results
+
+    results = run(work)
+    if output is not None:
+        typer.echo(f"wrote {len(results)} row(s) to {output}")
+    for res in results:
+        if "error" in res:
+            typer.echo(f"error: {res['error']}", err=True)
+        elif output is not None:
+            continue
+        elif as_json:
+            typer.echo(json.dumps(res))
+        else:
+            top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in res["topk"])
+            seen = f"  input: {res['input_png']}" if "input_png" in res else ""
+            typer.echo(
+                f"{res['path']}: {res['label']} (index {res['index']}, p={res['probability']:.3f})  top: {top}{seen}"
+            )
+    failed = sum("error" in r for r in results)
+    if failed:
+        typer.echo(f"error: {failed} of {len(results)} image(s) could not be predicted", err=True)
+        raise typer.Exit(2)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..data.datasets import DATASETS
+from ..losses import LOSSES
 from ..models.families import ACTIVATIONS, MODELS
-from ..optim import LOSSES, OPTIMIZERS
-from ..schedule import SCHEDULERS
+from ..optim import OPTIMIZERS, SCHEDULERS
 from . import schema as config_module
 from .schema import Config
 from .typecheck import EXPONENT

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..data.datasets import DATASETS
 from ..data.input_spec import network_channels
+from ..losses import LOSSES
 from ..models.families import ACTIVATIONS, MODELS
-from ..optim import LOSSES, OPTIMIZERS
-from ..schedule import SCHEDULERS
+from ..optim import OPTIMIZERS, SCHEDULERS
 from ..utils.errors import unknown_name
 from .typecheck import Problems
 

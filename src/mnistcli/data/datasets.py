@@ -100,8 +100,7 @@ def _idx(cls_name: str, files: tuple[str, ...], upright: bool = False, **kwargs:
     """Builder for a torchvision IDX dataset class; `upright` transposes images stored column-major (EMNIST)."""
 
     def build(cfg: DataConfig, split: str, transform: Any) -> Any:
-        from .idx import check_labels, check_split
-        from .idxdata import open_idx
+        from .idx import check_labels, check_split, open_idx
 
         raw = Path(cfg.root) / cls_name / "raw"  # torchvision's layout: <root>/<class name>/raw
         _decompress_idx(raw, files)

@@ -15,9 +15,10 @@ from typing import IO
 
 from ..utils.errors import UserError, unknown_name
 from ..utils.files import writable_folder, write_error
-from .checksums import EMNIST_MD5, EMNIST_URL
 from .store import (
     CHUNK,
+    EMNIST_MD5,
+    EMNIST_URL,
     FOLDERS,
     GROUPS,
     FileCheck,

@@ -16,7 +16,7 @@ from ..config.schema import Config, load_config
 from ..data.loaders import make_batches, open_splits
 from ..data.subsets import part_settings, targets_of
 from ..engine import evaluate
-from ..optim import eval_loss
+from ..losses import eval_loss
 from ..runs.checkpoint import load_model, outputs_log_probs
 from ..utils import distributed as ddp
 from ..utils.errors import UserError

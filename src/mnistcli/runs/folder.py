@@ -1,10 +1,17 @@
-"""The run folder: its layout, config.yaml and metrics.csv. Torch-free, so tools that read runs stay light."""
+"""The run folder: where a run writes (decided once, here), its layout, who may write it (ownership, the lock,
+a failed start's cleanup), config.yaml and metrics.csv. Torch-free, so tools that read runs stay light."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,18 @@ VERSION_COLUMNS = ["mnistcli", "torch", "torchvision", "device", "git_commit"]  
 def run_dir(cfg: Any) -> Path:
     """Where a config's run writes: output.dir, else checkpoints/<name>."""
     return Path(cfg.output.dir or Path("checkpoints") / str(cfg.name))
+
+
+def run_folder(cfg: Any, resume: str | Path | None = None) -> tuple[Path, Path | None]:
+    """Decide, once, where a run writes and which checkpoint it resumes from: `resume` is a checkpoint or 'last'
+    (the run folder's newest resumable one); a resume continues in its checkpoint's folder unless output.dir names
+    another (recorded in cfg.output.dir, so config.yaml says where the run is). Returns (folder, checkpoint)."""
+    if resume is None:
+        return run_dir(cfg), None
+    source = newest_resumable(run_dir(cfg)) if str(resume) == "last" else Path(resume)
+    if cfg.output.dir is None and source.parent.resolve() != run_dir(cfg).resolve():
+        cfg.output.dir = str(source.parent)
+    return run_dir(cfg), source
 
 
 def newest_resumable(out: Path) -> Path:
@@ -83,3 +102,181 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
         for key in METRIC_COLUMNS:
             row[key] = int(row[key]) if key == "epoch" else float(row[key])
     return rows
+
+
+def _ours(name: str) -> bool:
+    """Files a run writes (or leaves while writing) in its folder, `eval` reports included."""
+    return name in (*OWN_FILES, TENSORBOARD) or _is_report(name) or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _is_report(name: str) -> bool:
+    """An `eval` report of one of the run's checkpoints (best.eval.json, last.eval_val.json, ...)."""
+    return name.endswith(".json") and name.split(".")[0] in ("best", "last", "interrupted") and ".eval" in name
+
+
+def read_owner(out: Path) -> str | None:
+    """The run id of the run that owns the folder, or None (no marker: empty, legacy or not a run folder)."""
+    try:
+        return (out / OWNER).read_text(encoding="utf-8").split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _describe(out: Path, names: list[str]) -> str:
+    """Why a new run may not write into a folder that holds files."""
+    if INTERRUPTED in names:
+        return f"{out} holds an interrupted run ({INTERRUPTED}); continue it with --resume"
+    if any(n in names for n in (BEST, LAST)):
+        return f"{out} already holds a finished run ({', '.join(n for n in (BEST, LAST) if n in names)})"
+    shown = ", ".join(sorted(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{out} is not empty (it holds {shown}) and is not a run of this config"
+
+
+def check_out_dir(out: Path, run_id: str | None, resumed_from: Path | None, overwrite: bool) -> bool:
+    """Decide whether a run may write into `out`: an empty folder, its own run's folder (a resume), or with
+    overwrite. Returns whether an earlier run's files are to be replaced; refuses everything else in one line."""
+    names = [p.name for p in out.iterdir() if p.name != LOCK and not _is_temp(p.name)] if out.is_dir() else []
+    if not names:
+        return False
+    owner = read_owner(out)
+    if resumed_from is not None:
+        legacy = owner is None and resumed_from.parent.resolve() == out.resolve() and all(_ours(n) for n in names)
+        if (owner is not None and owner == run_id) or legacy:
+            return False
+        if not overwrite:
+            raise UserError(
+                f"cannot resume {resumed_from} into {out}: the folder holds another run's files; "
+                "resume in the checkpoint's own folder (leave out --out) or give an empty --out DIR"
+            )
+        return True
+    if overwrite:
+        return True
+    abandoned = owner is not None and set(names) <= {OWNER, CONFIG, METRICS, CURVES, TENSORBOARD} and not _has_rows(out)
+    if abandoned:  # a run stopped before its first epoch ended: nothing in it worth keeping
+        return True
+    raise UserError(f"{_describe(out, names)}; pass --overwrite to replace it, or --out DIR for a new folder")
+
+
+def _has_rows(out: Path) -> bool:
+    """Whether metrics.csv records at least one epoch."""
+    try:
+        with open(out / METRICS, newline="") as f:
+            return sum(1 for _ in f) > 1
+    except OSError:
+        return False
+
+
+def _is_temp(name: str) -> bool:
+    """A temporary file left by an interrupted atomic write (checkpoints, config.yaml, metrics.csv)."""
+    return name.startswith(".") and name.endswith(".tmp") and any(f".{own}." in name for own in OWN_FILES)
+
+
+def clean_temp_files(out: Path) -> None:
+    """Remove what killed writes left behind; they never hold anything a finished write did not replace."""
+    for p in out.glob(".*.tmp"):
+        if _is_temp(p.name):
+            log.info("removed %s, left by an interrupted write", p)
+            p.unlink(missing_ok=True)
+
+
+def start_run_dir(out: Path, run_id: str, replace: bool) -> None:
+    """Take the (locked, checked) folder for run `run_id`: stale temporaries go, replaced files go, the owner
+    marker records the run."""
+    clean_temp_files(out)
+    if replace:  # reports and event files of the replaced run go too: they describe weights no longer there
+        for path in [*(out / n for n in OWN_FILES if n != OWNER), *out.glob("*.eval*.json")]:
+            if path.name in OWN_FILES or _is_report(path.name):
+                path.unlink(missing_ok=True)
+        shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
+    write_atomic(out / OWNER, f"{run_id}\n")
+
+
+def make_out_dir(out: Path) -> None:
+    """Create the run folder and check it is writable, with one line when it cannot be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except FileExistsError:
+        raise UserError(f"{out}: is a file, not a folder; give --out a folder") from None
+    except OSError as exc:
+        raise UserError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold the run folder's lock: a second run into the same folder exits naming the process holding it; a lock
+    left by a process that died is taken over with a warning. (POSIX flock; elsewhere folders are not locked.)"""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    path = out / LOCK
+    while True:
+        f = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise UserError(
+                f"{out} is in use by another training run (process {holder}); wait for it to finish, stop it, "
+                "or use --out DIR"
+            ) from None
+        try:
+            same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the holder removed it as we opened it: lock the new file
+            break
+        f.close()
+    f.seek(0)
+    stale = f.read().strip()
+    if stale:
+        log.warning("%s: took over the lock left by process %s, which is no longer running", out, stale)
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()} ({' '.join(sys.argv[:4])})")
+    f.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        f.close()
+
+
+@contextlib.contextmanager
+def claimed(out: Path, run_id: str | None, resumed_from: Path | None, overwrite: bool) -> Iterator[str]:
+    """Create, lock and check the run folder for the run `run_id` (None: a new run, given a new id, yielded).
+
+    A start that fails before any checkpoint is written removes the folders it created, so a typo in a config
+    leaves no empty checkpoints/<name>/ behind."""
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    make_out_dir(out)
+    try:
+        with locked(out):
+            replace = check_out_dir(out, run_id, resumed_from, overwrite)
+            run_id = run_id or uuid.uuid4().hex
+            start_run_dir(out, run_id, replace)
+            yield run_id
+    except BaseException:
+        _remove_unused(out, created)
+        raise
+
+
+def _remove_unused(out: Path, created: list[Path]) -> None:
+    """Remove the run's own files and the folders this start created, when no checkpoint was written."""
+    if not created or any((out / name).exists() for name in (BEST, LAST, INTERRUPTED)):
+        return
+    for name in (CONFIG, METRICS, OWNER):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / TENSORBOARD, ignore_errors=True)  # event files of a run that never finished an epoch
+    clean_temp_files(out)
+    for folder in created:
+        try:
+            folder.rmdir()  # only while empty: anything else in it stays
+        except OSError:
+            return

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from ..config.schema import Config, load_config
-from ..data.checksums import EMNIST_URL, MIRRORS
-from ..data.store import first_line, idx_datasets, layout, status
+from ..data.store import EMNIST_URL, MIRRORS, first_line, idx_datasets, layout, status
 from ..utils.errors import ConfigError, UserError
 
 PROBE_SECONDS = 3.0  # s: the most one reachability probe (all mirrors of one file) may take
@@ -280,10 +279,9 @@ def _weights(cfg: Config) -> list[Check]:
 
 def _output(cfg: Config) -> Check:
     """Whether the run folder would be accepted and can be written, creating nothing."""
-    from ..runs.claim import check_out_dir
-    from ..runs.folder import run_dir
+    from ..runs.folder import check_out_dir, run_folder
 
-    out = run_dir(cfg)
+    out, _ = run_folder(cfg)
     if out.exists():
         if not out.is_dir():
             return Check("output", False, f"{out} is a file, not a folder", "give output.dir (or --out) a folder")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config.schema import Config
 from ..engine import evaluate, train_one_epoch
-from ..optim import eval_loss
+from ..losses import eval_loss
 from ..runs.checkpoint import outputs_log_probs, payload, save_checkpoint
 from ..runs.folder import BEST, INTERRUPTED, LAST, append_metrics, start_metrics
 from ..runs.views import RunViews

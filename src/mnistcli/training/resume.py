@@ -13,7 +13,7 @@ import torch
 
 from ..config.schema import Config, load_config
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
-from ..runs.folder import BEST, LAST, newest_resumable, run_dir
+from ..runs.folder import BEST, LAST
 from ..utils.distributed import gather
 from ..utils.errors import UserError
 from .state import Run, unfreeze
@@ -63,11 +63,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss = state["random"]
     random.setstate((version, tuple(internal), gauss))
-
-
-def resume_path(cfg: Config, resume: str | Path) -> Path:
-    """`last` means the run folder's newest resumable checkpoint (interrupted.pt or last.pt)."""
-    return newest_resumable(run_dir(cfg)) if str(resume) == "last" else Path(resume)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,9 +14,9 @@ from ..config.schema import Config
 from ..data.input_spec import InputSpec
 from ..data.loaders import DeviceBatches
 from ..engine import StepSetup
+from ..losses import build_loss
 from ..models.families import ModelFamily, build_model, family_of
-from ..optim import build_loss, build_optimizer
-from ..schedule import LRSchedule
+from ..optim import LRSchedule, build_optimizer
 from ..utils.distributed import SINGLE, STOP_CHECK_EVERY_CUDA, AgreedStop, World
 from ..utils.runtime import amp_dtype
 from ..utils.stopwatch import Stopwatch

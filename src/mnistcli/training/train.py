@@ -18,8 +18,7 @@ from ..data.loaders import make_batches, open_splits
 from ..models.families import MODELS
 from ..models.probe import check_fits, probe_model
 from ..runs.checkpoint import load_checkpoint
-from ..runs.claim import claimed
-from ..runs.folder import run_dir, write_config
+from ..runs.folder import claimed, run_folder, write_config
 from ..runs.views import RunViews
 from ..utils import distributed as ddp
 from ..utils.progress import Display, ensure_visible, resolve
@@ -32,7 +31,6 @@ from .resume import (
     check_training_state,
     repair_best,
     restore,
-    resume_path,
     run_id_of,
 )
 from .state import Run, build_run_model, new_run
@@ -92,13 +90,10 @@ def _fit_rank(
     """`fit` in one process; rank 0 claims the run folder and tells the other ranks the run's id (None: it failed)."""
     told = not world.active
     try:
-        source = resume_path(cfg, resume) if resume is not None else None
+        out, source = run_folder(cfg, resume)
         ckpt = load_checkpoint(source) if source is not None else None
         if ckpt is not None:
             check_training_state(ckpt)
-        if source is not None and cfg.output.dir is None and source.parent.resolve() != run_dir(cfg).resolve():
-            cfg.output.dir = str(source.parent)
-        out = run_dir(cfg)
         if not world.main:
             told = True
             run_id = ddp.broadcast(None)

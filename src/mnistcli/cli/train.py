@@ -1,0 +1,185 @@
+"""The commands that train: `train` (one run, or N processes with --nproc), `sweep` (a grid of runs) and `plot`
+(the curves of runs, torch-free)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..utils.errors import UserError
+from .call import run, setup_logging
+
+SHORTCUTS = {
+    "--epochs": "train.epochs",
+    "--batch-size": "data.batch_size",
+    "--lr": "optimizer.lr",
+    "--device": "train.device",
+    "--tensorboard": "train.tensorboard",
+}
+
+
+def _shortcuts(sets: list[str], given: dict[str, Any]) -> list[str]:
+    """`--epochs N` is `--set train.epochs=N`, and so on; a key given both ways is refused."""
+    keys = {expr.partition("=")[0].strip(): expr for expr in sets}
+    out = []
+    for option, value in given.items():
+        if value is None:
+            continue
+        key = SHORTCUTS[option]
+        if key in keys:
+            raise UserError(f"{option} and --set '{keys[key]}' both set {key}; give one of them")
+        out.append(f"{key}={_yaml_number(value) if isinstance(value, float) else value}")
+    return out
+
+
+def _yaml_number(x: float) -> str:
+    """A float as YAML reads it back: 1e-05 would be a string to YAML 1.1, 1.0e-05 is a number."""
+    text = repr(x)
+    mantissa, e, exponent = text.partition("e")
+    return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
+
+
+def train(
+    config: Path = typer.Argument(..., help="YAML experiment config, e.g. configs/mnist_cnn.yaml."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Override a config key by dotted path (YAML value); repeatable."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", metavar="N", min=1, help="Same as --set train.epochs=N."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", metavar="N", min=1, help="Same as --set data.batch_size=N."
+    ),
+    lr: float | None = typer.Option(None, "--lr", metavar="X", help="Same as --set optimizer.lr=X."),
+    device: str | None = typer.Option(
+        None, "--device", metavar="D", help="Same as --set train.device=D: auto | cpu | cuda | cuda:N | mps."
+    ),
+    out: str | None = typer.Option(
+        None, "--out", metavar="DIR", help="Run folder: empty, or this run's own [default: checkpoints/<config name>]."
+    ),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        metavar="[PATH]",
+        help="Continue a run from its last.pt or interrupted.pt, in that checkpoint's folder unless --out names "
+        "another (empty, or holding the same run); alone (or 'last'): the run folder's newest of the two.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the earlier run's files in the run folder (and nothing else)."
+    ),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Same as --set train.tensorboard=true: event files in the run folder."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", metavar="N", min=1, help="Train in N processes on this machine (torchrun, DDP)."
+    ),
+) -> None:
+    """Train and validate every epoch; write best.pt, last.pt, config.yaml, metrics.csv and curves.png."""
+    setup_logging(quiet)
+    if nproc is not None:
+        run(lambda: _torchrun(nproc))
+
+    def work() -> dict[str, Any]:
+        if out is not None and not out.strip():
+            raise UserError("--out: the folder name is empty; give a folder, e.g. --out runs/try1")
+        given = {"--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--device": device}
+        given["--tensorboard"] = True if tensorboard else None
+        sets = list(set_ or []) + _shortcuts(list(set_ or []), given)
+        from ..training.train import TrainingInterrupted
+        from ..training.train import train as run_train
+
+        try:
+            overrides = sets + (["output.overwrite=true"] if overwrite else [])
+            return run_train(config, overrides, out, quiet, resume, launched=True)
+        except TrainingInterrupted as stop:
+            keep = [a for o in sets for a in ("--set", o)]  # shortcuts too: a resume without them would differ
+            ranks = os.environ.get("WORLD_SIZE", "1")  # on one machine under torchrun: resume as many ranks
+            keep += ["--nproc", ranks] if ranks != "1" and ranks == os.environ.get("LOCAL_WORLD_SIZE") else []
+            again = shlex.join(["mnistcli", "train", str(config), *keep, "--resume", str(stop.checkpoint)])
+            name = signal.Signals(stop.signum).name
+            typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; resume with: {again}", err=True)
+            raise typer.Exit(128 + stop.signum) from None
+
+    metrics = run(work)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for the run
+        return
+    typer.echo(
+        f"best val_acc {metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']}) -> {metrics['out_dir']}/best.pt"
+    )
+
+
+def _torchrun(nproc: int) -> None:
+    """`--nproc N`: this same command, without --nproc, as N processes started by torchrun's agent."""
+    if "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc: this process was already started by torchrun; give one of them")
+    args, skip = [], False
+    for arg in sys.argv[sys.argv[1:].index("train") + 2 :]:
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        args.append(arg)
+    from ..utils.distributed import launch
+
+    raise typer.Exit(launch(nproc, args))
+
+
+def plot(
+    runs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run folders (each holds a metrics.csv)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        metavar="FILE",
+        help="PNG to write [default: curves.png in the run folder for one run; ./curves.png for several, which "
+        "must not exist yet].",
+    ),
+) -> None:
+    """Draw the loss, accuracy and learning-rate curves of one or several runs on shared axes."""
+
+    def work() -> Path:
+        from ..runs.plots import save_curves
+
+        target = out or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
+        if out is None and len(runs) > 1 and target.exists():
+            raise UserError(f"{target} exists and is not a run's own file; give --out FILE")
+        for folder in runs:
+            if not (folder / "metrics.csv").is_file():
+                raise UserError(f"{folder}: no metrics.csv here; give run folders written by `mnistcli train`")
+        return save_curves(list(runs), target)
+
+    typer.echo(f"wrote {run(work)}")
+
+
+def sweep(
+    config: Path = typer.Argument(..., help="YAML experiment config."),
+    grid: list[str] = typer.Option(
+        ..., "--grid", metavar="KEY=[V1,V2,...]", help="A key and the values to try; repeatable: every combination."
+    ),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a key in every run."),
+    out: Path | None = typer.Option(None, "--out", help="Sweep folder [default: sweeps/<config name>]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-epoch lines."),
+) -> None:
+    """Train every combination of the grid, each in its own run folder; write sweep.csv, best first. Re-running the
+    same command skips finished runs and resumes an interrupted one."""
+    setup_logging(quiet)
+
+    def work() -> dict[str, Any]:
+        from ..training.sweep import parse_grid, run_sweep
+        from ..training.train import TrainingInterrupted
+        from ..utils.progress import resolve
+
+        try:
+            return run_sweep(config, parse_grid(grid), list(set_ or []), out, progress=resolve(None, quiet))
+        except TrainingInterrupted as stop:  # the run in progress left interrupted.pt; the same command goes on
+            name = signal.Signals(stop.signum).name
+            typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; run the same command again to go on", err=True)
+            raise typer.Exit(128 + stop.signum) from None
+
+    res = run(work)
+    for line in res["table"]:
+        typer.echo(line)
+    typer.echo(f"best: {res['best_checkpoint']}")
