@@ -1,4 +1,4 @@
-"""Regenerate docs/CONFIG.md from the schema in src/mnistcli/config.py (field, type, default, comment)."""
+"""Regenerate docs/CONFIG.md from the schema in src/mnistcli/config/schema.py (field, type, default, comment)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def render() -> str:
         "takes one of a few words or a registry name, and the range a value must be in. 'Read by' names the only",
         "entries that read a key; a key with no entry there is read whatever the choice.",
         "",
-        "Generated from `src/mnistcli/config.py` by `python scripts/config_doc.py`.",
+        "Generated from `src/mnistcli/config/schema.py` by `python scripts/config_doc.py`.",
         "",
         "## In an editor, and before a run",
         "",

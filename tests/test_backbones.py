@@ -22,7 +22,8 @@ from mnistcli.models.backbones import (
     pretrained_file,
     set_backbone_trainable,
 )
-from mnistcli.models.families import BACKBONES, FAMILIES
+from mnistcli.models.choices import BACKBONES
+from mnistcli.models.families import FAMILIES
 from mnistcli.utils.errors import UserError
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name: the contract users rely on

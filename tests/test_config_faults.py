@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from mnistcli.config.schema import load_config
-from mnistcli.models.families import BACKBONES, arch_spec, build_model
+from mnistcli.models.choices import BACKBONES
+from mnistcli.models.families import arch_spec, build_model
 from mnistcli.models.probe import ModelSize, check_fits, probe_model
 from mnistcli.utils.errors import ConfigError, UserError
 from mnistcli.utils.yamlfile import safe_yaml

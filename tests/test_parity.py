@@ -18,8 +18,8 @@ from mnistcli.config.schema import Config, load_config
 from mnistcli.data.datasets import IMAGENET_STATS, load_split
 from mnistcli.data.input_spec import InputSpec, input_spec, stored_shape
 from mnistcli.data.loaders import make_batches, open_splits
-from mnistcli.data.pipeline import network_input
-from mnistcli.data.preprocess import mode_for, open_image, prepare_pixels
+from mnistcli.data.pipeline import mode_for, network_input, prepare_pixels
+from mnistcli.data.preprocess import open_image
 
 CPU = torch.device("cpu")
 LOADERS = ("memory", "torch")

@@ -12,14 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from mnistcli.data.input_spec import InputSpec, stored_shape
-from mnistcli.data.pipeline import network_input, normalized, resized_input
-from mnistcli.data.preprocess import (
-    fit_pixels,
-    mode_for,
-    open_image,
-    prepare_pixels,
-    save_pixels,
-)
+from mnistcli.data.pipeline import mode_for, network_input, normalized, prepare_pixels, resized_input
+from mnistcli.data.preprocess import fit_pixels, open_image, save_pixels
 from mnistcli.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -365,7 +359,7 @@ def test_real_mnist_digits_survive_the_round_trip() -> None:
 
 def test_mnist_style_png_is_used_as_it_is() -> None:
     """A dataset digit saved as a 28x28 PNG already is network input: auto leaves its pixels alone."""
-    from mnistcli.data.preprocess import mode_for, prepare_pixels
+    from mnistcli.data.pipeline import mode_for, prepare_pixels
 
     path = Path(__file__).resolve().parents[1] / "data" / "samples" / "digit_3.png"
     img = Image.open(path)

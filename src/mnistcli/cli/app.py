@@ -41,8 +41,8 @@ def _version(value: bool) -> None:
     import torch
     import torchvision
 
-    from .. import __version__
     from ..utils.runtime import resolve_device
+    from ..version import __version__
 
     device = resolve_device("auto")
     name = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type

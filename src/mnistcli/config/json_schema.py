@@ -1,4 +1,4 @@
-"""The config as a JSON Schema (draft 2020-12), generated from the one typed schema in config.py: types from its type
+"""The config as a JSON Schema (draft 2020-12), generated from the one typed schema in schema.py: types from its type
 hints, defaults, descriptions from its field comments, names from the registries, ranges from validate.RANGES, and
 which keys each chosen dataset, model family, loss, optimizer and schedule reads.
 
@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from ..data.datasets import DATASETS
 from ..losses import LOSSES
-from ..models.families import ACTIVATIONS, MODELS
+from ..models.choices import ACTIVATIONS
+from ..models.families import MODELS
 from ..optim import OPTIMIZERS, SCHEDULERS
 from . import schema as config_module
 from .schema import Config
@@ -53,7 +54,7 @@ _PAIR = re.compile(r"\[(\w+(?:, \w+)+)\]")  # "[min, max]": a list of exactly th
 
 
 def comments(source: Path | None = None) -> dict[tuple[str, str], str]:
-    """(class name, field name) -> the comment at the end of that field's line in config.py."""
+    """(class name, field name) -> the comment at the end of that field's line in schema.py."""
     text = (source or Path(config_module.__file__)).read_text(encoding="utf-8")
     lines, found, cls = text.splitlines(), {}, None
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):

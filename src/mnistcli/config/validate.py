@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from ..data.datasets import DATASETS
 from ..data.input_spec import network_channels
 from ..losses import LOSSES
-from ..models.families import ACTIVATIONS, MODELS
+from ..models.choices import ACTIVATIONS
+from ..models.families import MODELS
 from ..optim import OPTIMIZERS, SCHEDULERS
 from ..utils.errors import unknown_name
 from .typecheck import Problems

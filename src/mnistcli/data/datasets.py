@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import shlex
 import shutil
 import zlib
 from collections.abc import Callable
@@ -122,9 +123,7 @@ def _idx(cls_name: str, files: tuple[str, ...], upright: bool = False, **kwargs:
             what = "could not be downloaded" if cfg.download else "not found (data.download is false)"
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             reason = lines[-1] if lines else type(exc).__name__  # a download's last line is the network error
-            from .store import FOLDERS, import_command  # imported here: datastore reads this module's registry
-
-            group = next(g for g, folder in FOLDERS.items() if folder == cls_name)
+            group = next(g for g, names in IMPORT_GROUPS.items() if DATASETS[names[0]].folder == cls_name)
             raise UserError(
                 f"{cls_name} {what} ({reason}): put {', '.join(files)} (.gz or unpacked) in {raw}; {_sources(cls)}; "
                 f"or, with them in a folder DIR: {import_command(group, cfg.root)}"
@@ -240,3 +239,23 @@ def check_same_classes(train_classes: list[str], other: list[str], split: str) -
         raise UserError(
             f"data.{split}_dir classes differ from data.train_dir: missing {missing or 'none'}, extra {extra or 'none'}"
         )
+
+
+EMNIST_SPLITS = ("emnist_balanced", "emnist_digits", "emnist_letters")
+# `data import --dataset` names and the registry datasets each one's files bring (a new IDX dataset adds its own)
+IMPORT_GROUPS = {
+    "mnist": ("mnist",),
+    "fashion_mnist": ("fashion_mnist",),
+    "kmnist": ("kmnist",),
+    "emnist": EMNIST_SPLITS,
+}
+
+
+def group_of(name: str) -> str:
+    """The `data import --dataset` name that brings a registry dataset ('emnist' for every EMNIST split)."""
+    return "emnist" if name.startswith("emnist_") else name
+
+
+def import_command(name: str, root: str | Path) -> str:
+    """The command that copies a dataset's files, gathered by hand into DIR, under `root`."""
+    return f"mnistcli data import DIR --dataset {group_of(name)} --root {shlex.quote(str(root))}"

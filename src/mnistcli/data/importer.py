@@ -20,7 +20,7 @@ from .store import (
     EMNIST_MD5,
     EMNIST_URL,
     FOLDERS,
-    GROUPS,
+    IMPORT_GROUPS,
     FileCheck,
     check_counts,
     check_gz,
@@ -208,7 +208,7 @@ class Importer:
 
     def report_states(self, root: Path) -> None:
         """One line per dataset on what is there now; one left unusable with no problem to explain it is one."""
-        splits = [s for s in GROUPS[self.dataset] if s not in self.skipped]
+        splits = [s for s in IMPORT_GROUPS[self.dataset] if s not in self.skipped]
         if not splits:
             self.problems.append(
                 f"no EMNIST files in {self.src}: expected emnist-<split>-<train|test>-<images-idx3|labels-idx1>-ubyte "
@@ -223,8 +223,8 @@ class Importer:
 
 def import_dataset(src: Path, dataset: str, root: Path) -> tuple[list[str], list[str]]:
     """Copy a dataset's files from SRC into root/<Folder>/raw: the lines of what was done, and of each problem."""
-    if dataset not in GROUPS:
-        raise UserError(unknown_name("dataset", dataset, GROUPS, "--dataset"))
+    if dataset not in IMPORT_GROUPS:
+        raise UserError(unknown_name("dataset", dataset, IMPORT_GROUPS, "--dataset"))
     if not src.is_dir():
         why = "is not a folder" if src.exists() else "no such folder"
         raise UserError(f"{src}: {why}; give the folder that holds the {dataset} files (.gz or unpacked)")
@@ -236,7 +236,7 @@ def import_dataset(src: Path, dataset: str, root: Path) -> tuple[list[str], list
         with contextlib.ExitStack() as stack:
             if dataset == "emnist":
                 job.open_archive(stack)
-            for split in GROUPS[dataset]:
+            for split in IMPORT_GROUPS[dataset]:
                 job.stage_split(split)
             for item in list(job.staged):
                 job.commit(item)

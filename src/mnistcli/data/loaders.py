@@ -15,13 +15,12 @@ import random
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset, default_collate
 
-from ..config.schema import Config
 from ..utils.distributed import SINGLE, ShardBatches, World
 from ..utils.errors import UserError
 from .datasets import DATASETS, check_same_classes, load_split
@@ -29,6 +28,9 @@ from .image_folder import Unreadable, report_unreadable, warn_skipped
 from .input_spec import InputSpec
 from .pipeline import BatchTransform, SampleTransform
 from .subsets import part_settings, select_parts, take, targets_of
+
+if TYPE_CHECKING:
+    from ..config.schema import Config
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the main process stops on them between steps; workers ignore them
 

@@ -1,22 +1,29 @@
 """The one image pipeline: decoded image -> stored uint8 pixels -> network input.
 
-Per sample, images are only converted and resized to the spec's stored uint8 shape (`stored_pixels`). Per batch,
-on the device, `network_input` is the one deterministic step from stored pixels to what the network sees (channel
-expansion, the pretrained preset's centre crop, resizing, normalization): validation, `eval`, `predict` and export
-all call it. Training adds random augmentation (one affine resample per batch) in its place.
+A user's image (predict, export's check) becomes stored pixels by `prepare_pixels`, which redraws a photo of a
+glyph the way the checkpoint's dataset drew its images (`--preprocess auto`). Per sample, dataset images are only
+converted and resized to the spec's stored uint8 shape (`stored_pixels`). Per batch, on the device,
+`network_input` is the one deterministic step from stored pixels to what the network sees (channel expansion, the
+pretrained preset's centre crop, resizing, normalization): validation, `eval`, `predict` and export all call it.
+Training adds random augmentation (one affine resample per batch) in its place.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from ..config.schema import AugmentConfig
+from ..utils.errors import UserError, closest
+from .datasets import DATASETS, Canvas
 from .input_spec import CROP_RATIO, InputSpec
-from .preprocess import stored_pixels
+from .preprocess import already_prepared, mnist_canvas, stored_pixels
+
+if TYPE_CHECKING:
+    from ..config.schema import AugmentConfig
 
 
 class SampleTransform:
@@ -126,3 +133,35 @@ class BatchTransform:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+MODES = ("auto", "mnist", "none")
+
+
+def canvas_of(spec: InputSpec) -> Canvas | None:
+    """The glyph recipe of the checkpoint's dataset, for datasets drawn MNIST-style."""
+    info = DATASETS.get(spec.dataset)
+    return info.canvas if info is not None else None
+
+
+def mode_for(spec: InputSpec, requested: str) -> str:
+    """Resolve --preprocess: 'auto' is 'mnist' for datasets drawn MNIST-style, 'none' otherwise."""
+    if requested not in MODES:
+        raise UserError(f"unknown --preprocess '{requested}'{closest(requested, MODES)}; allowed: {', '.join(MODES)}")
+    if requested == "auto":
+        return "mnist" if canvas_of(spec) is not None else "none"
+    return requested
+
+
+def prepare_pixels(img: Image.Image, spec: InputSpec, mode: str) -> torch.Tensor:
+    """uint8 (C, H, W) at the spec's stored shape: what a loader holds for this image ('mnist' or 'none' mode).
+
+    'mnist' redraws a photo or drawing as the dataset drew its glyphs: the 28x28 canvas its images already are."""
+    if mode == "mnist" and already_prepared(img):
+        mode = "none"  # e.g. a dataset image saved as PNG: reshaping it again would only blur it
+    if mode == "none":
+        return stored_pixels(img, spec)
+    if mode != "mnist":
+        raise UserError(f"unknown preprocess mode '{mode}'; allowed: mnist, none")
+    # the 28x28 canvas is what MNIST-style datasets store; other checkpoints take it as any other image
+    return stored_pixels(Image.fromarray(mnist_canvas(img, canvas_of(spec) or Canvas())), spec)

@@ -1,5 +1,5 @@
-"""Image files -> the uint8 pixels a dataset stores: decoding, channel conversion, resizing, and MNIST's recipe
-for drawing a photographed glyph on a 28x28 canvas. `pipeline.py` turns stored pixels into network input.
+"""Image operations: decoding files, channel conversion, resizing to the uint8 pixels a dataset stores, and MNIST's
+recipe for drawing a photographed glyph on a 28x28 canvas. `pipeline.py` chains them into the one image pipeline.
 
 Imports only PIL, numpy and torch: torchvision costs seconds to import and predict's cold start must stay small.
 """
@@ -10,18 +10,20 @@ import io
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..utils.errors import UserError, closest
+from ..utils.errors import UserError
 from ..utils.files import create_new
-from .datasets import DATASETS, Canvas
-from .input_spec import InputSpec
 
-MODES = ("auto", "mnist", "none")
+if TYPE_CHECKING:
+    from .datasets import Canvas
+    from .input_spec import InputSpec
+
 CANVAS = 28  # MNIST's canvas side, in pixels
 INK_THRESHOLD = 0.25  # fraction of the (3x3-averaged) ink peak below which a pixel is paper texture, not ink
 MIN_CONTRAST = 16  # gray levels between paper and the strongest ink; less than this is a blank image
@@ -83,21 +85,6 @@ def open_image(path: str | Path) -> Image.Image:
     if upright.mode not in READABLE_MODES:  # refused here, where the file's name is known
         raise UserError(f"{path}: {UNSUPPORTED_MODE.format(upright.mode)}")
     return upright
-
-
-def canvas_of(spec: InputSpec) -> Canvas | None:
-    """The glyph recipe of the checkpoint's dataset, for datasets drawn MNIST-style."""
-    info = DATASETS.get(spec.dataset)
-    return info.canvas if info is not None else None
-
-
-def mode_for(spec: InputSpec, requested: str) -> str:
-    """Resolve --preprocess: 'auto' is 'mnist' for datasets drawn MNIST-style, 'none' otherwise."""
-    if requested not in MODES:
-        raise UserError(f"unknown --preprocess '{requested}'{closest(requested, MODES)}; allowed: {', '.join(MODES)}")
-    if requested == "auto":
-        return "mnist" if canvas_of(spec) is not None else "none"
-    return requested
 
 
 def _wide_to_l(img: Image.Image) -> Image.Image:
@@ -199,7 +186,7 @@ def _thicken(ink: np.ndarray, box: int) -> np.ndarray:
     return F.max_pool2d(t, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0].numpy()
 
 
-def _mnist_canvas(img: Image.Image, recipe: Canvas) -> np.ndarray:
+def mnist_canvas(img: Image.Image, recipe: Canvas) -> np.ndarray:
     """MNIST's recipe: light ink on black, cropped, fitted into the recipe's box, centred on a 28x28 canvas."""
     gray = convert(img, 1)
     if max(gray.size) > MAX_SIDE:
@@ -241,25 +228,11 @@ def _mnist_canvas(img: Image.Image, recipe: Canvas) -> np.ndarray:
     return np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
 
 
-def _already_prepared(img: Image.Image) -> bool:
+def already_prepared(img: Image.Image) -> bool:
     """A 28x28 grayscale image on a black background already looks like MNIST-family input."""
     if img.size != (CANVAS, CANVAS) or img.mode not in ("L", "1", "P"):
         return False
     return float(np.median(_frame(np.asarray(img.convert("L"))))) < 32
-
-
-def prepare_pixels(img: Image.Image, spec: InputSpec, mode: str) -> torch.Tensor:
-    """uint8 (C, H, W) at the spec's stored shape: what a loader holds for this image ('mnist' or 'none' mode).
-
-    'mnist' redraws a photo or drawing as the dataset drew its glyphs: the 28x28 canvas its images already are."""
-    if mode == "mnist" and _already_prepared(img):
-        mode = "none"  # e.g. a dataset image saved as PNG: reshaping it again would only blur it
-    if mode == "none":
-        return stored_pixels(img, spec)
-    if mode != "mnist":
-        raise UserError(f"unknown preprocess mode '{mode}'; allowed: mnist, none")
-    # the 28x28 canvas is what MNIST-style datasets store; other checkpoints take it as any other image
-    return stored_pixels(Image.fromarray(_mnist_canvas(img, canvas_of(spec) or Canvas())), spec)
 
 
 def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:

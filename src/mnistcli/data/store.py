@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-import shlex
 import struct
 import zlib
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.errors import UserError, unknown_name
-from .datasets import DATASETS
+from .datasets import DATASETS, IMPORT_GROUPS, group_of, import_command
 from .idx import IMAGE_SIZE, UNSIGNED_BYTE, read_dims
 
 # md5 of each official .gz.
@@ -64,11 +63,9 @@ EMNIST_MD5 = "58c8d27c78d21e728a6bc7b3cc06412e"
 
 
 CHUNK = 1 << 20  # bytes read at a time while hashing or copying
-EMNIST_SPLITS = ("emnist_balanced", "emnist_digits", "emnist_letters")
 
-# `data import --dataset` names: the registry datasets each brings, and their folder under the data root.
-GROUPS = {"mnist": ("mnist",), "fashion_mnist": ("fashion_mnist",), "kmnist": ("kmnist",), "emnist": EMNIST_SPLITS}
-FOLDERS = {group: str(DATASETS[names[0]].folder) for group, names in GROUPS.items()}
+# each `data import --dataset` name's folder under the data root
+FOLDERS = {group: str(DATASETS[names[0]].folder) for group, names in IMPORT_GROUPS.items()}
 STRUCTURE_OK = "IDX header, size and counts check out"
 NO_CHECKSUM = f"no published checksum for the unpacked file; {STRUCTURE_OK}"
 
@@ -101,11 +98,6 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def group_of(name: str) -> str:
-    """The `data import --dataset` name that brings a registry dataset ('emnist' for every EMNIST split)."""
-    return "emnist" if name.startswith("emnist_") else name
-
-
 def layout(name: str) -> tuple[str, tuple[str, ...]]:
     """A registry dataset's folder under the root and its four unpacked file names (train then test)."""
     info = DATASETS[name]
@@ -114,12 +106,7 @@ def layout(name: str) -> tuple[str, tuple[str, ...]]:
 
 def idx_datasets() -> list[str]:
     """The registry datasets stored as IDX files under a data root."""
-    return [name for name in DATASETS if group_of(name) in GROUPS]
-
-
-def import_command(name: str, root: str | Path) -> str:
-    """The command that copies a dataset's files, gathered by hand into DIR, under `root`."""
-    return f"mnistcli data import DIR --dataset {group_of(name)} --root {shlex.quote(str(root))}"
+    return [name for name in DATASETS if group_of(name) in IMPORT_GROUPS]
 
 
 def source_of(folder: str) -> str:
@@ -297,7 +284,7 @@ def status(name: str, root: str | Path, verify: bool = True) -> dict[str, Any]:
     not applicable), files (name, path, size, state, reason), fix (one sentence or None), folder, bytes."""
     if name not in DATASETS:
         raise UserError(unknown_name("dataset", name, DATASETS))
-    if group_of(name) not in GROUPS:  # image folders and generated data have no files under the root
+    if group_of(name) not in IMPORT_GROUPS:  # image folders and generated data have no files under the root
         return {"dataset": name, "state": "not applicable", "files": [], "fix": None, "folder": None, "bytes": 0}
     folder, names = layout(name)
     raw = Path(root) / folder / "raw"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Subset
 
-from ..config.schema import Config
 from ..utils.errors import UserError
+
+if TYPE_CHECKING:
+    from ..config.schema import Config
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
 from ..data.input_spec import InputSpec
 from ..data.loaders import collate_readable
-from ..data.preprocess import mode_for, open_image, prepare_pixels
+from ..data.pipeline import mode_for, prepare_pixels
+from ..data.preprocess import open_image
 from ..evaluation.scores import open_for_eval
 from ..runs.checkpoint import load_model
 from ..utils.errors import CheckpointError, UserError, closest, space_errno
 from ..utils.extras import require
 from ..utils.files import create_new, publish_new, writable_folder, write_error
 from ..utils.runtime import resolve_device
+from ..version import __version__
 from .artifact import (
     FORMAT,
     FORMAT_VERSION,

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..data.image_folder import IMAGE_EXTENSIONS
 from ..data.input_spec import InputSpec
-from ..data.pipeline import network_input, resized_input
-from ..data.preprocess import mode_for, open_image, prepare_pixels, save_pixels
+from ..data.pipeline import mode_for, network_input, prepare_pixels, resized_input
+from ..data.preprocess import open_image, save_pixels
 from ..runs.checkpoint import load_model
 from ..utils.errors import UserError
 from ..utils.files import publish_new, writable_folder, write_error

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..utils.errors import CheckpointError, ConfigError, UserError, unknown_name
 from ..utils.safeload import read_tensors
-from .families import BACKBONES
+from .choices import BACKBONES
 from .nets import dense_layers
 
 log = logging.getLogger(__name__)

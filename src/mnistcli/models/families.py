@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..utils.errors import CheckpointError
+from .choices import BACKBONES
 
 MLP_KEYS = frozenset({"model.hidden", "model.activation", "model.dropout"})
 CONV_KEYS = frozenset(
@@ -24,8 +25,6 @@ CONV_KEYS = frozenset(
         "model.conv_dropout",
     }
 )
-# activation name -> torch.nn class name
-ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "tanh": "Tanh", "leaky_relu": "LeakyReLU"}
 TRANSFER_KEYS = frozenset(
     {
         "model.pretrained",
@@ -124,17 +123,6 @@ def _build_cnn(name: str, kwargs: dict[str, Any]) -> Any:
 def _build_tutorial(name: str, kwargs: dict[str, Any]) -> Any:
     """A tutorial network, built by its base family."""
     return (_build_cnn if TUTORIALS[name][0] == "cnn" else _build_mlp)(name, kwargs)
-
-
-# mnistcli name -> torchvision builder name (also the key of its weights enum in torchvision's registry).
-BACKBONES: dict[str, str] = {
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "resnet50": "resnet50",
-    "densenet121": "densenet121",
-    "mobilenet_v3_small": "mobilenet_v3_small",
-    "efficientnet_b0": "efficientnet_b0",
-}
 
 
 def _backbone(m: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..utils.errors import ConfigError, unknown_name
-from .families import ACTIVATIONS
+from .choices import ACTIVATIONS
 
 MONOTONIC = {"relu", "leaky_relu", "tanh"}  # order-preserving: they commute with max-pooling
 

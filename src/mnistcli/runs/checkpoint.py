@@ -16,7 +16,8 @@ from torch import nn
 
 from ..config.validate import RANGES
 from ..data.input_spec import CROP_RATIO
-from ..models.families import ACTIVATIONS, MODELS, build_model, family_of, upgrade_arch
+from ..models.choices import ACTIVATIONS
+from ..models.families import MODELS, build_model, family_of, upgrade_arch
 from ..models.probe import probe_model
 from ..utils.errors import CheckpointError, UserError, no_space, space_errno, unknown_name
 from ..utils.safeload import read_tensors

@@ -69,7 +69,7 @@ def run_checks(config: Path | None, overrides: list[str]) -> list[Check]:
 
 def environment() -> list[Check]:
     """Versions, the CPU, every CUDA device and MPS, with the autocast dtypes that work on each."""
-    from .. import __version__
+    from ..version import __version__
 
     try:
         import torchvision

@@ -61,7 +61,7 @@ def run_epochs(run: Run, progress: Display | bool, received: list[int], views: R
         if run.world.active:  # every rank's share of the epoch, for the row rank 0 writes and a resume
             ddp.train_sums(tr, run.device)
         with run.watch("validation"):
-            va = None if tr["stopped"] else _validate(run, epoch, progress)
+            va = None if tr["stopped"] else _evaluate_val(run, epoch, progress)
         if va is None:  # stopped: resumable from here (after a whole epoch of training, it only re-validates)
             data = {"order": order_before["order"], "augment": run.train_batches.state()["augment"]}
             path, state = run.out / INTERRUPTED, _checkpoint(run, epoch - 1, resume_state(run, data, tr["partial"]))
@@ -102,7 +102,7 @@ def _steps_left(run: Run, epoch: int) -> int | None:
     return run.cfg.train.max_steps - (epoch - 1) * run.schedule.steps
 
 
-def _validate(run: Run, epoch: int, progress: Display | bool) -> dict[str, Any] | None:
+def _evaluate_val(run: Run, epoch: int, progress: Display | bool) -> dict[str, Any] | None:
     """Validate after an epoch with the plain loss `eval` reports; None when a stop came part-way (dropped)."""
     va = evaluate(  # under torchrun: the plain model on this rank's share (DDP's forward would sync buffers)
         run.model if run.world.active else run.step_model,

@@ -109,7 +109,7 @@ def _installed(package: str) -> str | None:
 
 def run_versions(device: torch.device) -> dict[str, str | None]:
     """Software, commit and device that produced a run, recorded in checkpoints for reproducibility."""
-    from .. import __version__
+    from ..version import __version__
 
     # str(): torch.__version__ is a str subclass that a weights_only load would refuse as a foreign class.
     return {
