@@ -204,13 +204,26 @@ def test_mistakes_grid_titles_each_image_with_true_pred_and_probability(tmp_path
     prob = list(np.linspace(0.99, 0.5, 40))
     fig = mistakes_figure(images, true, pred, prob)
     texts = figure_texts(fig)
-    assert "Most confident mistakes: 36 of 40" in texts
+    assert "The 36 most confident of 40 mistakes, most confident first" in texts
     assert "true T-shirt/top / pred Dress (0.99)" in texts and "true Ankle boot / pred Pullover (0.88)" in texts
     assert sum(len(ax.images) for ax in fig.axes) == 36
     assert png(save_figure(fig, tmp_path / "m.png")).shape == (1550, 1440, 3)  # 6 x 6 images of 2.4 x 2.5 in
     rgb = np.stack([images[:2]] * 3, axis=-1)
     assert png(save_mistakes(rgb, true[:2], pred[:2], prob[:2], tmp_path / "rgb.png")).std() > 20
     assert "no wrong predictions" in figure_texts(mistakes_figure(images[:0], [], [], []))
+
+
+def test_mistakes_title_counts_every_mistake_not_only_those_drawn() -> None:
+    """eval locates the 25 most confident mistakes of a split that may hold many more: the title says both."""
+    rng = np.random.default_rng(2)
+    images = np.stack([digit_like(k % 10, rng) for k in range(25)])
+    names, prob = [FASHION[k % 10] for k in range(25)], [0.9] * 25
+    assert "The 25 most confident of 68 mistakes, most confident first" in figure_texts(
+        mistakes_figure(images, names, names[::-1], prob, total=68)
+    )
+    assert "All 3 mistakes, most confident first" in figure_texts(
+        mistakes_figure(images[:3], names[:3], names[:3], prob[:3])
+    )
 
 
 def test_reliability_diagram_bins_and_ece_in_the_title(tmp_path: Path) -> None:

@@ -142,6 +142,7 @@ def _evaluate(ckpt: Path, split: str, data_root: Path | None, device: str, plots
         [classes[i] for i in details.predicted[worst]],
         [float(p) for p in details.confidences[worst]],
         plots / PICTURES[1],
+        total=int((~details.correct).sum()),  # all of them, not only those drawn
     )
     save_reliability(details.confidences, details.correct, plots / PICTURES[2])
     return {**res, "plots": [str(plots / name) for name in PICTURES]}

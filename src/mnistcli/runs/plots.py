@@ -219,19 +219,23 @@ def save_confusion_matrix(matrix: np.ndarray, classes: list[str], out: Path) -> 
     return save_figure(confusion_figure(matrix, classes), out)
 
 
-def mistakes_figure(images: np.ndarray, true: list[str], pred: list[str], prob: list[float], limit: int = 36) -> Any:
-    """A grid of wrong predictions in the order given (most confident first), each titled with both classes."""
+def mistakes_figure(
+    images: np.ndarray, true: list[str], pred: list[str], prob: list[float], total: int | None = None, limit: int = 36
+) -> Any:
+    """A grid of wrong predictions in the order given (most confident first), each titled with both classes;
+    `total`: how many wrong predictions there are in all (default: those given), said in the title."""
     images = np.asarray(images)
     if not len(images) == len(true) == len(pred) == len(prob):
         raise ValueError(f"{len(images)} images need as many true classes, predictions and probabilities")
     if images.ndim == 4 and images.shape[-1] == 1:  # (N, H, W, 1): one channel, drawn as gray
         images = images[..., 0]
-    shown = min(len(images), limit)
+    shown, total = min(len(images), limit), len(images) if total is None else total
     cols = min(6, max(shown, 1))
     rows = max(math.ceil(shown / cols), 1)
     width, height = max(2.4 * cols, 5.0), 2.5 * rows + 0.5  # inches: 2.1 in per image, 0.3 in for its title
     fig = _figure("drawing mistakes", figsize=(width, height), layout=None)  # a regular grid: fixed margins
-    fig.suptitle(f"Most confident mistakes: {shown} of {len(images)}", y=1 - 0.1 / height, va="top")
+    title = f"The {shown} most confident of {total} mistakes" if shown < total else f"All {total} mistakes"
+    fig.suptitle(title + (", most confident first" if shown > 1 else ""), y=1 - 0.1 / height, va="top")
     if not shown:
         fig.text(0.5, 0.5, "no wrong predictions", ha="center", va="center", fontsize=12)
         return fig
@@ -244,9 +248,12 @@ def mistakes_figure(images: np.ndarray, true: list[str], pred: list[str], prob: 
     return fig
 
 
-def save_mistakes(images: np.ndarray, true: list[str], pred: list[str], prob: list[float], out: Path) -> Path:
-    """Draw the most confident wrong predictions (the caller sorts them) into the PNG file `out`, at most 36."""
-    return save_figure(mistakes_figure(images, true, pred, prob), out)
+def save_mistakes(
+    images: np.ndarray, true: list[str], pred: list[str], prob: list[float], out: Path, total: int | None = None
+) -> Path:
+    """Draw the most confident wrong predictions (the caller sorts them) into the PNG file `out`, at most 36, and say
+    how many there are in all (`total`)."""
+    return save_figure(mistakes_figure(images, true, pred, prob, total), out)
 
 
 def reliability_figure(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> Any:
