@@ -123,6 +123,7 @@ def test_export_prints_the_file_the_check_and_the_metadata(onnx_export: tuple[Pa
         lines[1],
     ), lines[1]
     assert lines[2:] == [f"metadata: {path}.json"]
+    assert "Warning" not in proc.stderr, proc.stderr  # torch's own warnings, which a user cannot act on, stay quiet
     side = json.loads(Path(f"{path}.json").read_text())
     assert side["classes"][0] == "0 - zero" and side["input"]["shape"] == ["N", 1, 28, 28]
     assert side["check"]["top1_agree"] == side["check"]["images"] == 100

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,10 +92,16 @@ def test_sigint_mid_epoch_writes_interrupted_and_resumes_exactly(tmp_path: Path)
     assert "resume with: mnistcli train" in err and "Traceback" not in err
     ckpt = torch.load(tmp_path / "run" / "interrupted.pt", weights_only=True)
     assert ckpt["epoch"] == 0 and 0 < ckpt["resume"]["partial"]["batches"] < 370
+    before = ckpt["resume"]["partial"]["seconds"]  # the first epoch's time until the stop
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert not (tmp_path / "run" / "interrupted.pt").exists()
     assert_same_run(tmp_path / "straight", tmp_path / "run")
+    # the resumed epoch's seconds are the whole epoch's: the part before the stop and the part after the resume
+    first = next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    logged = re.search(r"epoch 1/\d+ .* ([\d.]+)s", resumed.stderr)
+    assert logged is not None and 0 < before < float(first["seconds"]), (before, first, resumed.stderr)
+    assert abs(float(logged.group(1)) - float(first["seconds"])) < 0.06  # the log line says the same, to 0.1 s
 
 
 def test_sigterm_asks_the_loop_to_stop_after_the_step() -> None:

@@ -202,16 +202,20 @@ def _write_onnx(wrapper: nn.Module, example: torch.Tensor, meta: dict[str, Any],
     """torch.export-based ONNX export (torch's default exporter) with a dynamic batch axis; metadata as a
     metadata_props entry; weights inside the one file."""
     onnx = require("onnx", "onnx", "exporting to ONNX")
-    program = torch.onnx.export(
-        wrapper,
-        (example,),
-        dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        opset_version=OPSET,
-        verbose=False,
-    )
+    with warnings.catch_warnings():
+        # torch.export's own pytree code trips torch's deprecation of LeafSpec (seen with torch 2.13): nothing a user
+        # can change; any other warning still shows
+        warnings.filterwarnings("ignore", r"isinstance\(treespec, LeafSpec\) is deprecated", FutureWarning)
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=OPSET,
+            verbose=False,
+        )
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
     path.write_bytes(proto.SerializeToString())

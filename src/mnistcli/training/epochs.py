@@ -51,6 +51,7 @@ def run_epochs(run: Run, progress: Display | bool, received: list[int], views: R
         if cfg.train.unfreeze_at_epoch == epoch and not run.backbone_trains:
             unfreeze(run)
         start, order_before = time.perf_counter(), run.train_batches.state()
+        start -= (run.partial or {}).get("seconds", 0.0)  # a resumed epoch counts the seconds it trained before
         budget = _steps_left(run, epoch)
         on_step = views.step if views.tb is not None else None
         with run.watch("training"):
@@ -64,7 +65,8 @@ def run_epochs(run: Run, progress: Display | bool, received: list[int], views: R
             va = None if tr["stopped"] else _evaluate_val(run, epoch, progress)
         if va is None:  # stopped: resumable from here (after a whole epoch of training, it only re-validates)
             data = {"order": order_before["order"], "augment": run.train_batches.state()["augment"]}
-            path, state = run.out / INTERRUPTED, _checkpoint(run, epoch - 1, resume_state(run, data, tr["partial"]))
+            partial = {**tr["partial"], "seconds": time.perf_counter() - start}  # the epoch's time so far
+            path, state = run.out / INTERRUPTED, _checkpoint(run, epoch - 1, resume_state(run, data, partial))
             if main:
                 save_checkpoint(state, path)
             raise TrainingInterrupted(path, received[0] if received else signal.SIGINT)
