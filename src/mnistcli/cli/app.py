@@ -35,21 +35,40 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _version(value: bool) -> None:
-    """--version: mnistcli's, torch's and torchvision's versions and the device `auto` picks (imports torch)."""
+    """--version: mnistcli's, torch's and torchvision's versions and the device `auto` picks (imports torch); a
+    package that cannot be imported is said as such, and the versions that can be known are still printed."""
     if not value:
         return
-    import torch
-    import torchvision
-
-    from ..utils.runtime import resolve_device
+    from ..utils.extras import broken_install
     from ..version import __version__
+
+    typer.echo(f"mnistcli {__version__}")
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - said in one line when it is a broken install, else raised
+        typer.echo(f"torch: {_unimportable(exc, broken_install(exc))}")
+        raise typer.Exit() from None
+    build = f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""
+    typer.echo(f"torch {torch.__version__}{build}")
+    try:
+        import torchvision
+
+        typer.echo(f"torchvision {torchvision.__version__}")
+    except Exception as exc:  # noqa: BLE001
+        typer.echo(f"torchvision: {_unimportable(exc, broken_install(exc))}")
+    from ..utils.runtime import resolve_device
 
     device = resolve_device("auto")
     name = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
-    build = f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""
-    typer.echo(f"mnistcli {__version__}\ntorch {torch.__version__}{build}\ntorchvision {torchvision.__version__}")
     typer.echo(f"device (auto): {name}; {torch.get_num_threads()} CPU threads")
     raise typer.Exit()
+
+
+def _unimportable(exc: Exception, line: str | None) -> str:
+    """What --version says of a package that failed to import: the broken-install line without its package name."""
+    if line is None:
+        raise exc
+    return line.split(" ", 1)[1]
 
 
 @app.callback()

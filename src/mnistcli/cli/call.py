@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from ..utils.errors import Terminated, UserError
+from ..utils.extras import broken_install
 
 
 def run(fn: Callable[[], Any]) -> Any:
@@ -27,6 +28,12 @@ def run(fn: Callable[[], Any]) -> Any:
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for the run, a stop included
             typer.echo(f"stopped by {name}", err=True)
         raise typer.Exit(code) from None
+    except Exception as exc:
+        line = broken_install(exc)  # torch or torchvision that cannot be imported: the user's install to mend
+        if line is None:
+            raise
+        typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
 
 
 def setup_logging(quiet: bool) -> None:

@@ -19,10 +19,10 @@ import torch
 from ..config.schema import Config, load_config
 from ..data.store import EMNIST_URL, MIRRORS, first_line, idx_datasets, layout, status
 from ..utils.errors import ConfigError, UserError
+from ..utils.extras import REINSTALL
 
 PROBE_SECONDS = 3.0  # s: the most one reachability probe (all mirrors of one file) may take
 MB, GIB = 1e6, 2**30  # bytes
-_REINSTALL = "install the torchvision release built for this torch (https://pytorch.org/get-started/locally/)"
 
 
 @dataclass
@@ -76,7 +76,7 @@ def environment() -> list[Check]:
 
         vision = f"torchvision {torchvision.__version__}"
     except (ImportError, OSError, RuntimeError) as exc:  # a torchvision built for another torch fails to load
-        return [Check("versions", False, f"torchvision cannot be imported ({first_line(exc)})", _REINSTALL)]
+        return [Check("versions", False, f"torchvision cannot be imported ({first_line(exc)})", REINSTALL)]
     build = f" (CUDA {torch.version.cuda})" if torch.version.cuda else " (CPU only)"
     versions = f"Python {platform.python_version()}, torch {torch.__version__}{build}, {vision}, mnistcli {__version__}"
     cpu = torch.device("cpu")
