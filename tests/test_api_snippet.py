@@ -1,4 +1,4 @@
-"""README's Python API session runs as written: its marked code blocks, in order, in a fresh working folder."""
+"""docs/PYTHON_API.md's session runs as written: its marked code blocks, in order, in a fresh working folder."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 MARKER = "<!-- api-snippet -->"
 
 
-def readme_snippet() -> str:
-    """The ```python blocks that directly follow a marker line in README.md, joined as one session."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+def api_snippet() -> str:
+    """The ```python blocks that directly follow a marker line in docs/PYTHON_API.md, joined as one session."""
+    text = (REPO / "docs" / "PYTHON_API.md").read_text(encoding="utf-8")
     blocks = re.findall(re.escape(MARKER) + r"\n```python\n(.*?)\n```\n", text, flags=re.DOTALL)
     assert len(blocks) == text.count(MARKER) >= 1, "each marker must be followed by a ```python block"
     return "\n\n".join(blocks)
@@ -26,7 +26,7 @@ def test_python_api_snippet_runs(tmp_path: Path) -> None:
     (tmp_path / "configs").mkdir()
     shutil.copy(REPO / "configs" / "smoke.yaml", tmp_path / "configs")
     shutil.copytree(REPO / "data" / "samples", tmp_path / "data" / "samples")
-    code = readme_snippet()
+    code = api_snippet()
     check = "\nimport json\nprint('RESULTS', json.dumps({'report': report, 'pred': pred, 'n': len(probs[0])}))\n"
     proc = subprocess.run(
         [sys.executable, "-c", code + check], cwd=tmp_path, capture_output=True, text=True, timeout=120
