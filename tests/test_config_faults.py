@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,52 @@ def train_cli(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     write(tmp_path, text)
     cmd = [sys.executable, "-m", "mnistcli", "train", "exp.yaml"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+
+# --- hostile YAML: bounded before anything walks it --------------------------------------------------------------
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """Nine levels of nine aliases each: 9**9 (387 million) values from a 1 kB file."""
+    lines = ["l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "name: bomb\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (billion_laughs(), "expands to more than 100,000 values"),
+        ("name: x\n# " + "x" * 1_100_000 + "\n", "larger than 1 MB (1,100,011 bytes)"),
+        ("name: x\nseed: " + "9" * 5000 + "\n", "a number of more than 4300 digits"),
+        ("name: x\ndata: " + "{a: " * 60 + "1" + "}" * 60 + "\n", "nested more than 50 levels deep"),
+        ("name: x\ndata: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 50 levels deep"),  # past the stack
+        ("name: x\nmodel: &m {hidden: *m}\n", "line 2: a value that contains itself"),
+    ],
+    ids=["alias-bomb", "5-mb", "5000-digits", "deep-mapping", "deeper-than-the-stack", "self-reference"],
+)
+def test_hostile_yaml_is_one_line_in_well_under_a_second(tmp_path: Path, text: str, needle: str) -> None:
+    """The real command on the real file: exit 2, one line naming the file and the limit, quickly."""
+    path = write(tmp_path, text)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "mnistcli", "config", "validate", str(path)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {path}: ") and needle in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 10  # the process itself, imports included; the check is milliseconds
+    with pytest.raises(yaml.YAMLError):  # the loader, not the command, refuses: every reader of YAML is bounded
+        safe_yaml(text)
+
+
+def test_an_alias_bomb_in_a_set_value_is_one_line() -> None:
+    """The same bound holds for --set values, which are YAML too: 9**7 values in one line of flow YAML."""
+    parts = ["&l0 [" + ", ".join(["1"] * 9) + "]"]
+    parts += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 7)]
+    bomb = "[" + ", ".join(parts) + "]"
+    assert refusal({"name": "x"}, [f"model.hidden={bomb}"]) == (
+        "--set model.hidden: the value expands to more than 100,000 values (aliases of aliases?); a config is far "
+        "smaller"
+    )
 
 
 # --- duplicate keys ---------------------------------------------------------------------------------------------
@@ -75,7 +122,10 @@ def test_cli_refuses_a_duplicate_key_in_one_line(tmp_path: Path) -> None:
 
 # --- range rules ----------------------------------------------------------------------------------------------------
 
-NAME = "a plain folder name (no '/', '\\' or NUL; not empty, '.' or '..'): runs go to checkpoints/<name>"
+NAME = (
+    "a plain folder name of at most 100 characters (no '/', '\\', control characters, <>:\"|?* or spaces at either "
+    "end; not empty, '.' or '..'): runs go to checkpoints/<name>"
+)
 CHANNELS = "a non-empty list of integers >= 1 (a cnn without conv layers is an mlp: use model.name mlp)"
 
 
@@ -104,6 +154,10 @@ CHANNELS = "a non-empty list of integers >= 1 (a cnn without conv layers is an m
         ({"name": ".."}, "name", NAME, "'..'"),
         ({"name": ""}, "name", NAME, "''"),
         ({"name": "a\0b"}, "name", NAME, "'a\\x00b'"),
+        ({"name": "a\nb"}, "name", NAME, "'a\\nb'"),  # shown escaped: the error stays one line
+        ({"name": "n" * 101}, "name", NAME, repr("n" * 101)),
+        ({"name": "run:1"}, "name", NAME, "'run:1'"),
+        ({"name": " run"}, "name", NAME, "' run'"),
         ({"output": {"dir": ""}}, "output.dir", "a folder path (leave it unset for checkpoints/<name>)", "''"),
         ({"data": {"image_size": 4097}}, "data.image_size", "an integer in [8, 4096]", "4097"),
         (

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from ..utils.errors import ConfigError
-from ..utils.yamlfile import REPLACES, DuplicateKeyError, read_yaml_file, safe_yaml
+from ..utils.yamlfile import REPLACES, DuplicateKeyError, LimitError, read_yaml_file, safe_yaml
 from .typecheck import Problems, build_dataclass
 from .validate import FOREIGN_KEYS, check, unused_keys
 
@@ -191,6 +191,8 @@ def parse_override(expr: str) -> tuple[list[str], Any]:
         value = safe_yaml(raw) if raw.strip() else None
     except DuplicateKeyError as exc:
         raise ConfigError(f"--set '{expr}': duplicate key '{key}.{exc.key}' {REPLACES}") from None
+    except LimitError as exc:
+        raise ConfigError(f"--set {key}: the value {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"--set '{expr}': the value is {mark}") from None

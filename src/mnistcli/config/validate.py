@@ -58,9 +58,15 @@ FOREIGN_KEYS = {
 MAX_SIDE = 4096
 
 
+MAX_NAME = 100  # characters: file systems allow 255 bytes, and run files and sweep folders add their own
+
+
 def _plain_name(name: str) -> bool:
-    """One path component: the run folder is checkpoints/<name>, so '..', a '/' or an absolute name would leave it."""
-    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+    """One portable path component: the run folder is checkpoints/<name>, so '..', a '/' or an absolute name would
+    leave it; control characters (a newline) and Windows' reserved ones cannot be a folder everywhere."""
+    if name in ("", ".", "..") or len(name) > MAX_NAME or name != name.strip():
+        return False
+    return not any(c in '/\\<>:"|?*' or ord(c) < 32 or ord(c) == 127 for c in name)
 
 
 def _widths(widths: list[int]) -> bool:
@@ -72,7 +78,8 @@ def _widths(widths: list[int]) -> bool:
 RANGES: dict[str, tuple[Any, str]] = {
     "name": (
         _plain_name,
-        "a plain folder name (no '/', '\\' or NUL; not empty, '.' or '..'): runs go to checkpoints/<name>",
+        f"a plain folder name of at most {MAX_NAME} characters (no '/', '\\', control characters, <>:\"|?* or "
+        "spaces at either end; not empty, '.' or '..'): runs go to checkpoints/<name>",
     ),
     "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
