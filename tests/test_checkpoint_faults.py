@@ -275,3 +275,20 @@ def test_full_disk_during_training_is_one_line(small_disk: Path) -> None:
     assert message.startswith(f"{small_disk / 'run'}: no space left on the device to write ")
     # no checkpoint could be written: the start failed, and the folder it created is gone, temporaries and all
     assert not (small_disk / "run").exists()
+
+
+def test_full_disk_on_resume_is_one_line_and_keeps_the_run(small_disk: Path) -> None:
+    """A resume into a run folder on a full filesystem: one line (it fails taking the folder's lock or writing its
+    owner), last.pt and best.pt untouched, no lock or temporary file left."""
+    config = write_config(small_disk.parent)
+    done = finish(cli_start("train", str(config), "--out", str(small_disk / "run"), "--quiet"))
+    assert done.returncode == 0, done.stderr
+    before = {name: (small_disk / "run" / name).read_bytes() for name in ("last.pt", "best.pt")}
+    listing = sorted(p.name for p in (small_disk / "run").iterdir())
+    fill(small_disk, 0)
+    more = ("--epochs", "3", "--quiet")
+    proc = finish(cli_start("train", str(config), "--resume", str(small_disk / "run" / "last.pt"), *more))
+    message = one_error_line(proc)
+    assert message.startswith(f"{small_disk / 'run'}: no space left on the device"), message
+    assert {name: (small_disk / "run" / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in (small_disk / "run").iterdir()) == listing

@@ -215,7 +215,10 @@ def locked(out: Path) -> Iterator[None]:
         return
     path = out / LOCK
     while True:
-        f = open(path, "a+", encoding="utf-8")
+        try:
+            f = open(path, "a+", encoding="utf-8")
+        except OSError as exc:  # no inode left, or the folder became read-only
+            raise write_error(path, exc) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -237,10 +240,16 @@ def locked(out: Path) -> Iterator[None]:
     stale = f.read().strip()
     if stale:
         log.warning("%s: took over the lock left by process %s, which is no longer running", out, stale)
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()} ({' '.join(sys.argv[:4])})")
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} ({' '.join(sys.argv[:4])})")
+        f.flush()
+    except OSError as exc:  # a full disk (a resume into a folder that filled up): nothing of the run is touched
+        with contextlib.suppress(OSError):  # closing flushes the unwritten pid again; the file closes all the same
+            f.close()
+        path.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     try:
         yield
     finally:
