@@ -218,3 +218,21 @@ def test_the_memory_loader_drops_or_refuses_a_png_that_fails_to_decode(
     with pytest.raises(UserError) as info:
         open_splits(cfg, input_spec(cfg), ["val"])
     assert str(info.value) == message
+
+
+def test_a_decompression_bomb_in_a_class_folder_is_skipped_or_refused(folders: Path) -> None:
+    """data.max_pixels holds for image folders too, in DataLoader workers: skipped by default, refused under error."""
+    bomb = folders / "train" / "a" / "bomb.png"
+    Image.new("L", (20_000, 4_000)).save(bomb)
+    path = folders / "exp.yaml"
+    path.write_text(yaml.safe_dump(config(data_section(folders / "train", folders / "val"))))
+    proc = mnistcli_run("train", path, "--out", folders / "run")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"skipped {bomb}: " in proc.stderr and "over the decoding budget of 64 Mpx" in proc.stderr
+    path.write_text(yaml.safe_dump(config(data_section(folders / "train", folders / "val", on_bad_file="error"))))
+    proc = mnistcli_run("train", path, "--out", folders / "run2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(error_lines(proc.stderr)) == 1 and "20000 x 4000 pixels, 80.0 Mpx, is over" in proc.stderr
+    raised = config(data_section(folders / "train", folders / "val", on_bad_file="error", max_pixels=100_000_000))
+    path.write_text(yaml.safe_dump(raised))
+    assert mnistcli_run("train", path, "--out", folders / "run3").returncode == 0

@@ -181,3 +181,37 @@ def test_eval_device_error_names_the_option(ckpt: Path) -> None:
     assert lines[0].startswith(
         "error: --device 'cuda' is not available on this machine (0 CUDA device(s)); available: cpu"
     )
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PNG of 20,000 x 4,000 black pixels: 80 Mpx (under Pillow's own bomb limit) in under 100 kB."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("L", (20_000, 4_000)).save(path)
+    assert path.stat().st_size < 100_000
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(ckpt: Path, bomb: Path) -> None:
+    """predict refuses it by name without decoding it, and says how to decode it anyway; --max-pixels raises it."""
+    proc = mnistcli("predict", bomb, "--ckpt", ckpt)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[0] == (
+        f"error: {bomb}: 20000 x 4000 pixels, 80.0 Mpx, is over the decoding budget of 64 Mpx; to decode it anyway "
+        "raise data.max_pixels for training and data show, or --max-pixels for predict"
+    )
+    assert mnistcli("predict", bomb, "--ckpt", ckpt, "--max-pixels", "100000000").returncode == 0
+    with pytest.raises(UserError, match="over the decoding budget of 0.001 Mpx"):
+        open_image(bomb, max_pixels=1000)
+
+
+def test_the_budget_has_one_default_everywhere() -> None:
+    """The decoder's constant, the config key's default and the CLI option's default are the same number."""
+    import inspect
+
+    from mnistcli.cli.deploy import predict as predict_command
+    from mnistcli.config.schema import DataConfig
+    from mnistcli.data.preprocess import MAX_PIXELS
+
+    option = inspect.signature(predict_command).parameters["max_pixels"].default.default
+    assert MAX_PIXELS == DataConfig().max_pixels == option == 64_000_000

@@ -82,6 +82,12 @@ def predict(
     topk: int = typer.Option(3, "--topk", help="How many classes to list per image."),
     preprocess: str = typer.Option("auto", "--preprocess", help="auto | mnist | none: how images are prepared."),
     show_input: Path | None = typer.Option(None, "--show-input", help="Save what the network saw, as PNG, here."),
+    max_pixels: int = typer.Option(
+        64_000_000,
+        "--max-pixels",
+        metavar="N",
+        help="Refuse images of more pixels, from their header, before decoding.",
+    ),
     output: Path | None = typer.Option(
         None,
         "--output",
@@ -99,7 +105,7 @@ def predict(
 
         check_source(ckpt, model)
         target = None if output is None else check_output(output)  # before any work: a refusal costs nothing
-        results = predict_images(images, ckpt, topk, preprocess, show_input, model_path=model)
+        results = predict_images(images, ckpt, topk, preprocess, show_input, model_path=model, max_pixels=max_pixels)
         if target is not None:
             write_output(results, target)
         return results

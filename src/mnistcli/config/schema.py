@@ -59,6 +59,7 @@ class DataConfig:
     persistent_workers: bool = True  # torch loader: keep workers alive between epochs
     prefetch_factor: int = 2  # torch loader: batches each worker prepares ahead
     on_bad_file: Literal["skip", "error"] = "skip"  # image_folder: unreadable files
+    max_pixels: int = 64_000_000  # image_folder: larger images are refused from their header, before decoding
     fake_size: int = 1000  # fake: number of training images (test gets a quarter)
     fake_classes: int = 10  # fake: number of classes
     fake_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # fake: [channels, height, width]

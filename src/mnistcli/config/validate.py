@@ -90,6 +90,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.image_size": (lambda v: 8 <= v <= MAX_SIDE, f"an integer in [8, {MAX_SIDE}]"),
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
     "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "data.max_pixels": (lambda v: v >= 1, "an integer >= 1 (pixels of the largest image decoded)"),
     "data.prefetch_factor": (lambda v: v >= 1, "an integer >= 1"),
     "data.memory_limit_mb": (lambda v: v >= 0, "an integer >= 0"),
     "data.mean": (lambda v: len(v) >= 1, "a non-empty list of numbers"),

@@ -210,7 +210,7 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "image_folder",
             open_image_folder,
-            frozenset({"data.train_dir", "data.val_dir", "data.test_dir", "data.on_bad_file"}),
+            frozenset({"data.train_dir", "data.val_dir", "data.test_dir", "data.on_bad_file", "data.max_pixels"}),
             lambda c: None,
             lambda c: None,
         ),

@@ -87,7 +87,7 @@ def open_image_folder(cfg: DataConfig, split: str, transform: Any) -> Any:
     if not path.is_dir():
         raise UserError(f"data.{split}_dir: folder not found: {path}")
     try:
-        ds = _folder_class()(str(path), transform, cfg.on_bad_file)
+        ds = _folder_class()(str(path), transform, cfg.on_bad_file, cfg.max_pixels)
     except FileNotFoundError as exc:
         raise UserError(f"data.{split}_dir: {path}: no images found ({exc})") from None
     _log_notes(ds.notes, split, len(ds))
@@ -126,9 +126,10 @@ def _folder_class() -> type:
     class CheckedImageFolder(datasets.ImageFolder):
         """One sample per real image file; a file that fails to decode yields an `Unreadable` in place of pixels."""
 
-        def __init__(self, root: str, transform: Any, on_bad_file: str) -> None:
+        def __init__(self, root: str, transform: Any, on_bad_file: str, max_pixels: int) -> None:
             self.on_bad_file, self.notes = on_bad_file, ScanNotes()
-            super().__init__(root, transform=transform, loader=open_image)
+            loader = functools.partial(open_image, max_pixels=max_pixels)  # picklable: DataLoader workers
+            super().__init__(root, transform=transform, loader=loader)
 
         def make_dataset(self, directory: Any, class_to_idx: dict[str, int], *args: Any, **kwargs: Any) -> Any:
             return _scan(str(directory), class_to_idx, self.on_bad_file == "error", self.notes)

@@ -28,6 +28,7 @@ CANVAS = 28  # MNIST's canvas side, in pixels
 INK_THRESHOLD = 0.25  # fraction of the (3x3-averaged) ink peak below which a pixel is paper texture, not ink
 MIN_CONTRAST = 16  # gray levels between paper and the strongest ink; less than this is a blank image
 MIN_STROKE = 2.0  # px: thinner strokes in the 20x20 box are thickened (MNIST strokes are ~2-4 px wide)
+MAX_PIXELS = 64_000_000  # default decoding budget: a 48 Mpx phone photo passes, a 20,000 x 4,000 "bomb" does not
 MAX_SIDE = 2048  # larger photos are shrunk first: detail beyond this is lost at 20 px anyway, memory is not
 BILINEAR = Image.Resampling.BILINEAR  # PIL's resize antialiases when downscaling (filter support grows with scale)
 # PIL modes `convert` turns into 'L' and 'RGB'; open_image turns LAB into RGB first
@@ -61,13 +62,23 @@ def _check_regular_file(path: str | Path) -> None:
         raise UserError(f"{path}: not a regular file ({kind}); give an image file")
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image (EXIF rotation applied); any failure is a one-line UserError naming the file."""
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image (EXIF rotation applied); any failure is a one-line UserError naming the file.
+    An image of more than `max_pixels` is refused from its header, before it is decoded (Pillow's own bomb check
+    stays as a second line)."""
     _check_regular_file(path)
     try:
         with Image.open(Path(path)) as img:
+            if img.width * img.height > max_pixels:  # a few kB of PNG can say 20,000 x 4,000: gigabytes decoded
+                raise UserError(
+                    f"{path}: {img.width} x {img.height} pixels, {img.width * img.height / 1e6:.1f} Mpx, is over "
+                    f"the decoding budget of {max_pixels / 1e6:g} Mpx; to decode it anyway raise data.max_pixels "
+                    "for training and data show, or --max-pixels for predict"
+                )
             img.load()  # decode now, so truncated files fail here rather than mid-batch
             upright = ImageOps.exif_transpose(img)  # a copy, upright as image viewers show it
+    except UserError:
+        raise
     except PermissionError:
         raise UserError(f"{path}: cannot read (permission denied)") from None
     except UnidentifiedImageError:

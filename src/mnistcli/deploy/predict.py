@@ -17,7 +17,7 @@ from torch import nn
 from ..data.image_folder import IMAGE_EXTENSIONS
 from ..data.input_spec import InputSpec
 from ..data.pipeline import mode_for, network_input, prepare_pixels, resized_input
-from ..data.preprocess import open_image, save_pixels
+from ..data.preprocess import MAX_PIXELS, open_image, save_pixels
 from ..runs.checkpoint import load_model
 from ..utils.errors import UserError
 from ..utils.files import publish_new, writable_folder, write_error
@@ -37,12 +37,15 @@ def predict_images(
     show_input: str | Path | None = None,
     device: str = "cpu",
     model_path: str | Path | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> list[dict[str, Any]]:
     """One result per image (folders and patterns expanded): label, index, probability, top-k and `input_png` if
     saved, or `error` if it failed. From a checkpoint (`ckpt_path`) or a file `mnistcli export` wrote (`model_path`)."""
     check_source(ckpt_path, model_path)
     if topk < 1:
         raise UserError(f"--topk must be >= 1, got {topk}")
+    if max_pixels < 1:
+        raise UserError(f"--max-pixels must be >= 1, got {max_pixels}")
     folder = None if show_input is None else input_folder(show_input)  # before the slow part, so a typo costs nothing
     paths = expand_images(paths)
     dev = resolve_device(device, "device")
@@ -52,7 +55,7 @@ def predict_images(
     ready: list[tuple[int, torch.Tensor]] = []
     for path in paths:
         try:
-            pixels = prepare_pixels(open_image(path), spec, mode)
+            pixels = prepare_pixels(open_image(path, max_pixels), spec, mode)
         except UserError as exc:
             results.append({"path": str(path), "error": str(exc)})
             continue
