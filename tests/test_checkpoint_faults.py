@@ -185,6 +185,35 @@ EDITS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
         lambda c: c["state_dict"].update({"features.0.weight": torch.zeros(5, 1, 3, 3)}),
         "state_dict.features.0.weight is [5, 1, 3, 3] but arch needs [4, 1, 3, 3]",
     ),
+    "a NaN weight": (
+        lambda c: c["state_dict"]["features.0.weight"].view(-1)[3].fill_(float("nan")),
+        "state_dict.features.0.weight holds 1 non-finite value(s) (NaN or inf); the weights are corrupt",
+    ),
+    "infinite weights": (
+        lambda c: c["state_dict"]["features.0.weight"].fill_(float("inf")),
+        "state_dict.features.0.weight holds 36 non-finite value(s) (NaN or inf); the weights are corrupt",
+    ),
+    "integer weights": (
+        lambda c: c["state_dict"].update({"features.0.weight": torch.zeros(4, 1, 3, 3, dtype=torch.int64)}),
+        "state_dict.features.0.weight holds int64 values; weights are floating point",
+    ),
+    "a repeated class name": (
+        lambda c: c["classes"].__setitem__(1, c["classes"][0]),
+        "classes holds '0' more than once; each class needs its own name",
+    ),
+    "an empty class name": (
+        lambda c: c["classes"].__setitem__(2, " "),
+        "classes[2] is ' '; a class name must be printable text, not empty",
+    ),
+    "a class name with a newline": (
+        lambda c: c["classes"].__setitem__(3, "a\nb"),
+        "classes[3] is 'a\\nb'; a class name must be printable text, not empty",
+    ),
+    "a negative epoch": (lambda c: c.update(epoch=-3), "epoch is -3; must be an integer >= 0 (the epochs completed)"),
+    "metrics not a mapping": (
+        lambda c: c.update(metrics=[1, 2]),
+        "metrics is [1, 2]; must be a mapping of names to numbers",
+    ),
 }
 
 

@@ -12,14 +12,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..runs.checkpoint import load_checkpoint, save_checkpoint
+from ..runs.checkpoint import TEMPERATURES, load_checkpoint, save_checkpoint
 from ..utils.errors import UserError
 from ..utils.metrics import expected_calibration_error
 from .scores import ECE_BINS, open_for_eval
 
 log = logging.getLogger(__name__)
-
-T_RANGE = (0.01, 100.0)  # a fit outside this only chases a validation set the model fits perfectly
 
 
 def nll(outputs: torch.Tensor, targets: torch.Tensor, temperature: float) -> float:
@@ -36,7 +34,7 @@ def quality(outputs: torch.Tensor, targets: torch.Tensor, temperature: float) ->
 
 
 def fit_temperature(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The T minimising the NLL of softmax(outputs / T), by LBFGS on log T (so T stays > 0), within T_RANGE."""
+    """The T minimising the NLL of softmax(outputs / T), by LBFGS on log T (so T stays > 0), within TEMPERATURES."""
     # plain copies: tensors made in inference mode (engine.evaluate's) cannot enter autograd
     logits, labels = outputs.double().clone(), targets.clone()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -51,7 +49,7 @@ def fit_temperature(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     with torch.enable_grad():
         opt.step(closure)
     t = math.exp(log_t.item()) if math.isfinite(log_t.item()) else 1.0
-    t = min(max(t, T_RANGE[0]), T_RANGE[1])
+    t = min(max(t, TEMPERATURES[0]), TEMPERATURES[1])
     return t if nll(outputs, targets, t) <= nll(outputs, targets, 1.0) else 1.0
 
 

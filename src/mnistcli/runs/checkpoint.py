@@ -190,6 +190,7 @@ def outputs_log_probs(arch: dict[str, Any]) -> bool:
     return bool(arch["kwargs"].get("log_softmax"))
 
 
+TEMPERATURES = (0.01, 100.0)  # calibration's range: a fit beyond only chases a validation set fitted perfectly
 SPEC_KEYS = ("dataset", "channels", "size", "normalize", "mean", "std", "resize")
 
 
@@ -231,15 +232,44 @@ def metadata_problem(ckpt: dict[str, Any]) -> str | None:
         or _spec_problem(ckpt.get("input_spec"))
         or _arch_problem(ckpt.get("arch"))
         or _temperature_problem(ckpt)
+        or _info_problem(ckpt)
         or _weights_problem(ckpt)
+        or _values_problem(ckpt["state_dict"])
     )
 
 
 def _temperature_problem(ckpt: dict[str, Any]) -> str | None:
     """The calibration temperature, when present: a finite number > 0 (outputs are divided by it)."""
-    if "temperature" not in ckpt or (_is_number(ckpt["temperature"]) and ckpt["temperature"] > 0):
+    t = ckpt.get("temperature", 1.0)
+    if _is_number(t) and TEMPERATURES[0] <= t <= TEMPERATURES[1]:
         return None
-    return f"temperature is {ckpt['temperature']!r}; must be a number > 0"
+    return f"temperature is {t!r}; must be a number in [{TEMPERATURES[0]:g}, {TEMPERATURES[1]:g}]"
+
+
+def _info_problem(ckpt: dict[str, Any]) -> str | None:
+    """The epoch it was saved at (an integer >= 0) and its metrics (a mapping), when present."""
+    epoch, metrics = ckpt.get("epoch", 0), ckpt.get("metrics", {})
+    if not _is_int(epoch) or epoch < 0:
+        return f"epoch is {epoch!r}; must be an integer >= 0 (the epochs completed)"
+    if not isinstance(metrics, Mapping):
+        return f"metrics is {metrics!r}; must be a mapping of names to numbers"
+    return None
+
+
+def _values_problem(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Every stored parameter and buffer finite, and floating point where the network computes with it (batch
+    norm's `num_batches_tracked` is the one integer buffer): NaN or integer weights give NaN or constant answers."""
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if not value.is_floating_point():
+            return (
+                f"state_dict.{key} holds {str(value.dtype).removeprefix('torch.')} values; weights are floating point"
+            )
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            return f"state_dict.{key} holds {bad} non-finite value(s) (NaN or inf); the weights are corrupt"
+    return None
 
 
 def _ruled(field: str, value: Any, key: str, typed: Callable[[Any], bool]) -> str | None:
@@ -253,10 +283,15 @@ def _ruled(field: str, value: Any, key: str, typed: Callable[[Any], bool]) -> st
 
 
 def _classes_problem(classes: Any) -> str | None:
-    """Class names: a non-empty list of strings."""
-    if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
-        return None
-    return f"classes is {classes!r}; must be a non-empty list of class names (strings)"
+    """Class names: a non-empty list of distinct, non-empty, printable strings (each is printed as an answer)."""
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        return f"classes is {classes!r}; must be a non-empty list of class names (strings)"
+    for i, name in enumerate(classes):
+        if not name.strip() or not name.isprintable():
+            return f"classes[{i}] is {name!r}; a class name must be printable text, not empty"
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    shown = ", ".join(map(repr, repeated))
+    return f"classes holds {shown} more than once; each class needs its own name" if repeated else None
 
 
 def _spec_problem(spec: Any) -> str | None:
