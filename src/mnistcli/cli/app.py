@@ -45,7 +45,7 @@ def _version(value: bool) -> None:
     typer.echo(f"mnistcli {__version__}")
     try:
         import torch
-    except Exception as exc:  # noqa: BLE001 - said in one line when it is a broken install, else raised
+    except Exception as exc:  # said in one line when it is a broken install, else raised
         typer.echo(f"torch: {_unimportable(exc, broken_install(exc))}")
         raise typer.Exit() from None
     build = f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""
@@ -54,7 +54,7 @@ def _version(value: bool) -> None:
         import torchvision
 
         typer.echo(f"torchvision {torchvision.__version__}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         typer.echo(f"torchvision: {_unimportable(exc, broken_install(exc))}")
     from ..utils.runtime import resolve_device
 

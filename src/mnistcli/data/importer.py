@@ -15,12 +15,12 @@ from typing import IO
 
 from ..utils.errors import UserError, unknown_name
 from ..utils.files import writable_folder, write_error
+from .datasets import IMPORT_GROUPS
 from .store import (
     CHUNK,
     EMNIST_MD5,
     EMNIST_URL,
     FOLDERS,
-    IMPORT_GROUPS,
     FileCheck,
     check_counts,
     check_gz,
