@@ -8,6 +8,7 @@
     python scripts/bench.py --device cuda               # the CUDA benchmark (bench_cuda.py): printed, never written
     python scripts/bench.py --only fast --baseline REV [--examples EXAMPLES/mnist/main.py] --write
                                                         # launch-to-exit times against revision REV, side by side
+    python scripts/bench.py --only transfer [--device cuda] --write   # frozen backbones on photos vs a plain loop
 
 Each figure is the median of several runs; throughput pairs are measured alternately in one process, so machine
 noise hits both sides alike. `--write` replaces only the sections this run measured, each between its own
@@ -60,6 +61,10 @@ def measure(only: set[str], args: argparse.Namespace, tmp: Path) -> dict[str, st
         tables["design"] = table(design(args.repeats, args.steps or 40, args.batch))
     if "fast" in only:
         tables["fast"] = _fast(args, tmp)
+    if "transfer" in only:
+        from bench_transfer import transfer
+
+        tables["transfer"] = transfer(args.photos, args.epochs, args.device or "cpu", tmp)
     return tables
 
 
@@ -99,9 +104,14 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=500, help="MNIST-derived user-style digits to predict")
     parser.add_argument("--baseline", metavar="REV", help="fast section: the git revision to compare against")
     parser.add_argument("--examples", metavar="MAIN_PY", help="fast section: pytorch/examples' mnist/main.py")
-    parser.add_argument("--device", help="cuda or cuda:N: run bench_cuda.py there instead (--steps passes on)")
+    parser.add_argument(
+        "--device",
+        help="cuda or cuda:N: run bench_cuda.py there instead (--steps passes on); with --only transfer: its device",
+    )
+    parser.add_argument("--photos", type=int, default=2000, help="transfer section: JPEGs in the folder it makes")
+    parser.add_argument("--epochs", type=int, default=5, help="transfer section: epochs each side trains")
     args = parser.parse_args()
-    if args.device is not None:
+    if args.device is not None and args.only != ["transfer"]:
         if args.write or args.only or args.design:
             parser.exit(2, "error: --device runs the CUDA benchmark alone; it takes no --write, --only or --design\n")
         from bench_cuda import main as bench_cuda

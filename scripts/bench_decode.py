@@ -25,8 +25,9 @@ from mnistcli.data.preprocess import fit_pixels, open_image
 SIDE = round(BACKBONE_SIZE / CROP_RATIO)  # px: the stored square of the crop preset (256 for 224)
 
 
-def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """n JPEGs of 500x375: blurred colour noise plus a few bright shapes, so the encoder has detail to keep."""
+def make_photos(folder: Path, n: int, seed: int = 0, colour: int | tuple[int, int, int] = 240) -> list[Path]:
+    """n JPEGs of 500x375: blurred colour noise plus a bright rectangle (of `colour`), so the encoder has detail
+    to keep and a class something to be told by."""
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
@@ -34,7 +35,7 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
         img = Image.fromarray(small).resize((500, 375), Image.Resampling.BICUBIC)
         arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 12, (375, 500, 3))
         y, x = rng.integers(40, 300), rng.integers(40, 420)
-        arr[y : y + 60, x : x + 80] = 240
+        arr[y : y + 60, x : x + 80] = colour
         path = folder / f"photo_{i:04d}.jpg"
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
         paths.append(path)

@@ -35,6 +35,7 @@ SECTIONS = {
     "digits": "Predict on digits as users draw them (dark on light, RGB, odd sizes, margins), mnist_cnn model",
     "design": "Design measurements behind the defaults (pytorch/examples network, steady-state steps)",
     "fast": "Fifteen seconds: `mnist_fast` from launch to exit, against an earlier revision and pytorch/examples",
+    "transfer": "Transfer learning: a frozen backbone on a folder of photos, mnistcli vs a plain PyTorch loop",
 }
 
 

@@ -324,14 +324,14 @@ def batch_norms(model: BackboneClassifier) -> list[torch.nn.Module]:
     return [m for m in model.backbone.modules() if isinstance(m, BATCH_NORMS)]
 
 
-def test_frozen_backbone_keeps_batch_norms_in_eval_mode() -> None:
+def test_frozen_backbone_stays_in_eval_mode() -> None:
     torch.manual_seed(0)
     model = build_backbone("resnet18", 3, [4])
     norms = batch_norms(model)
     assert norms and all(m.training for m in norms)
     set_backbone_trainable(model, False)
     model.train()
-    assert model.training and model.head.training and model.backbone.training
+    assert model.training and model.head.training and not model.backbone.training
     assert not any(m.training for m in norms)
     before = [m.running_mean.clone() for m in norms]
     with torch.no_grad():
@@ -346,3 +346,16 @@ def test_frozen_backbone_keeps_batch_norms_in_eval_mode() -> None:
     with torch.no_grad():
         model(torch.randn(4, 3, 32, 32))
     assert not torch.equal(before[0], norms[0].running_mean)  # trainable again: statistics update
+
+
+def test_a_frozen_backbone_with_dropout_gives_the_same_features_every_time() -> None:
+    # mobilenet_v3_small keeps its classifier's Dropout(0.2) before the new head: frozen, it must not drop
+    torch.manual_seed(0)
+    model = build_backbone("mobilenet_v3_small", 3, [4])
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.backbone.modules())
+    set_backbone_trainable(model, False)
+    model.train()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        first, second = model.backbone(x), model.backbone(x)
+    assert torch.equal(first, second) and first.abs().sum() > 0

@@ -312,6 +312,27 @@ def evaluate(
     return {"loss": loss_sum.item() / n, "accuracy": hits.sum().item() / n, "n": n, "per_class": per_class, **kept_out}
 
 
+@torch.inference_mode()
+def embed(
+    model: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    progress: Display | bool = False,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image's output (float32, N x D) and label, in eval mode: a frozen backbone's features of a split,
+    gathered on the device and moved to the CPU once at the end."""
+    model.eval()
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for x, y in Progress(batches, desc, progress).wrap(lambda n: {}):
+        with _autocast(device, amp_dtype):
+            kept.append((model(x).float().flatten(1), y))
+    if not kept:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
+    return torch.cat([out for out, _ in kept]).cpu(), torch.cat([y for _, y in kept]).cpu()
+
+
 def _sum_ranks(loss_sum: torch.Tensor, hits: torch.Tensor, totals: torch.Tensor, stopped: bool) -> bool:
     """Add up the ranks' evaluation sums in place (float64: counts stay exact); whether any rank was stopped."""
     import torch.distributed as dist

@@ -133,8 +133,8 @@ def type_schema(hint: Any) -> dict[str, Any]:
         rest = [a for a in args if a is not type(None)]
         if set(rest) == {float, int}:
             rest = [float]  # every integer is a number (typecheck keeps it an integer: a count)
-        if len(rest) != 1:
-            raise TypeError(f"no JSON Schema rule for the config type {hint}")
+        if len(rest) > 1:  # e.g. a list of numbers or false: any of them (null among them where allowed)
+            return {"anyOf": [type_schema(a) for a in rest] + ([{"type": "null"}] if type(None) in args else [])}
         schema = type_schema(rest[0])
         if type(None) in args:
             if "enum" in schema:

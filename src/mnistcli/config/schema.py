@@ -27,7 +27,7 @@ class AugmentConfig:
     translate: float = 0.0  # fraction of width/height: uniform shift in [-translate, translate]
     scale: list[float] | None = None  # [min, max] zoom factor, e.g. [0.9, 1.1]
     shear: float = 0.0  # degrees, uniform in [-shear, shear]
-    resized_crop: list[float] | None = None  # [min, max] area fraction; None: [0.08, 1] for pretrained presets
+    resized_crop: list[float] | bool | None = None  # [min, max] area; false: none; None: presets' [0.08, 1]
     hflip: bool | None = None  # flip left-right with probability 0.5; None: on for pretrained presets only
 
 
@@ -140,6 +140,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     grad_clip: float | None = None  # max gradient norm
     unfreeze_at_epoch: int | None = None  # backbones: unfreeze from this epoch (1-based)
+    feature_cache: bool = True  # frozen backbones: run the backbone once per split where exact (no random augmentation)
     on_nan: Literal["stop", "skip"] = "stop"  # what a non-finite loss does
     max_steps: int | None = None  # stop after this many optimizer steps in all (quick trials); the schedule fits it
     tensorboard: bool = False  # write TensorBoard event files into <run folder>/tensorboard/ (mnistcli[tensorboard])

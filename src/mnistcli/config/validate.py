@@ -96,7 +96,10 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.mean": (lambda v: len(v) >= 1, "a non-empty list of numbers"),
     "data.std": (lambda v: len(v) >= 1 and min(v) > 0, "a non-empty list of numbers > 0"),
     "data.augment.scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max"),
-    "data.augment.resized_crop": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max"),
+    "data.augment.resized_crop": (
+        lambda v: v is False or (isinstance(v, list) and len(v) == 2 and 0 < v[0] <= v[1]),
+        "[min, max] area fractions with 0 < min <= max, or false (no random crop)",
+    ),
     "data.augment.rotation": (lambda v: 0 <= v <= 180, "degrees in [0, 180] (angles are drawn from [-v, v])"),
     "data.augment.translate": (lambda v: 0 <= v < 1, "a fraction of the side in [0, 1)"),
     "data.augment.shear": (lambda v: 0 <= v < 90, "degrees in [0, 90) (angles are drawn from [-v, v])"),

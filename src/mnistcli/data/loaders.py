@@ -277,9 +277,11 @@ def make_batches(
     train: bool,
     channels_last: bool = False,
     world: World = SINGLE,
+    transform: Any = None,
 ) -> DeviceBatches:
     """Wrap one opened split into device batches: shuffled and augmented when `train`. Under torchrun training
-    batches are split across ranks; evaluation takes this rank's contiguous share of the split (each image once)."""
+    batches are split across ranks; evaluation takes this rank's contiguous share of the split (each image once).
+    `transform`: what turns a batch into network input instead of the image pipeline (cached features: nothing)."""
     batch = cfg.data.batch_size if train else cfg.data.eval_batch_size
     n = len(src[1]) if isinstance(src, tuple) else len(src)
     if world.active and not train:
@@ -308,6 +310,10 @@ def make_batches(
             prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
             worker_init_fn=_init_worker,
             collate_fn=collate_readable,
+            # workers' seeds come from a generator of their own, not torch's global one: the model's dropout draws
+            # stay the same whether a split is read by workers, held in memory or replaced by cached features
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
-    transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
+    if transform is None:
+        transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
     return DeviceBatches(loader, transform, device, cfg.seed, world)

@@ -81,14 +81,25 @@ class BatchTransform:
         self.spec, self.augment, self.channels_last = spec, augment, channels_last
         self.crop_default = spec.resize == "crop"  # pretrained presets crop and flip by default
 
-    def _affine(self, n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor | None:
-        """Per-sample 3x3 maps from output to input coordinates (normalized to [-1, 1]), or None if identity."""
+    def _crop_flip(self) -> tuple[list[float] | None, bool]:
+        """The random resized crop's area range (None: no crop) and whether images flip, presets' defaults applied."""
         aug = self.augment
         if aug is None:
-            return None
-        crop = aug.resized_crop or ([0.08, 1.0] if self.crop_default else None)
+            return None, False
+        crop = aug.resized_crop if aug.resized_crop is not None else self.crop_default
         flip = aug.hflip if aug.hflip is not None else self.crop_default
-        if not (crop or flip or aug.rotation or aug.shear or aug.scale or aug.translate):
+        return ([0.08, 1.0] if crop is True else crop or None), bool(flip)
+
+    @property
+    def random(self) -> bool:
+        """Whether a batch's input depends on random draws: False means `network_input`, a pure function."""
+        aug, (crop, flip) = self.augment, self._crop_flip()
+        return aug is not None and bool(crop or flip or aug.rotation or aug.shear or aug.scale or aug.translate)
+
+    def _affine(self, n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor | None:
+        """Per-sample 3x3 maps from output to input coordinates (normalized to [-1, 1]), or None if identity."""
+        aug, (crop, flip) = self.augment, self._crop_flip()
+        if aug is None or not self.random:
             return None
         eye = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
         m = eye.clone()

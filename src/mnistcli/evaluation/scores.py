@@ -17,7 +17,10 @@ from ..data.loaders import make_batches, open_splits
 from ..data.subsets import part_settings, targets_of
 from ..engine import evaluate
 from ..losses import eval_loss
+from ..models.families import family_of
 from ..runs.checkpoint import load_model, outputs_log_probs
+from ..runs.features import feature_batches, split_features
+from ..runs.folder import OWNER
 from ..utils import distributed as ddp
 from ..utils.errors import UserError
 from ..utils.metrics import confusion_matrix, expected_calibration_error, mcnemar_exact, per_class, wilson_interval
@@ -60,9 +63,9 @@ class Opened:
     def outputs(self, temperature: float = 1.0, progress: bool = False, desc: str | None = None) -> dict[str, Any]:
         """engine.evaluate over the split, outputs divided by `temperature`, every image's output and label kept."""
         log_probs = outputs_log_probs(self.info["arch"])
-        model = self.model if temperature == 1.0 else Tempered(self.model, temperature, log_probs)
         world = ddp.launched()  # under torchrun: this rank's contiguous share of the split, each image once
-        batches = make_batches(self.data, self.cfg, self.info["input_spec"], self.device, False, world=world)
+        model, batches = self._batches(world, progress)
+        model = model if temperature == 1.0 else Tempered(model, temperature, log_probs)
         width, desc = len(self.info["classes"]), desc or f"eval {self.split}"
         res = evaluate(
             *(model, batches, eval_loss(log_probs), self.device, width),
@@ -75,6 +78,21 @@ class Opened:
             shares = ddp.gather((res["outputs"], res["targets"]))
             res["outputs"], res["targets"] = (torch.cat([share[i] for share in shares]) for i in (0, 1))
         return res
+
+    def _batches(self, world: ddp.World, progress: bool) -> tuple[nn.Module, Any]:
+        """What to run over which batches: a backbone model's head over the split's features (read from the run
+        folder's cache, or computed and kept there when the checkpoint lies in its run folder), else the model
+        over the images."""
+        spec = self.info["input_spec"]
+        if not family_of(self.info["arch"]).transfer or world.active:
+            return self.model, make_batches(self.data, self.cfg, spec, self.device, False, world=world)
+        folder = self.path.parent
+        features = split_features(
+            *(self.model.backbone, self.data, self.cfg, spec, self.device, self.split, folder),
+            progress=progress,
+            write=(folder / OWNER).is_file(),  # a run folder: its features are for every later eval
+        )
+        return self.model.head, feature_batches(features, self.cfg, spec, self.device, False)
 
 
 @dataclass

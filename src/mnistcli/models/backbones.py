@@ -61,13 +61,12 @@ class BackboneClassifier(nn.Module):
         return not any(p.requires_grad for p in self.backbone.parameters())
 
     def train(self, mode: bool = True) -> BackboneClassifier:
-        """As nn.Module.train, but a frozen backbone's batch norms stay in eval mode: their statistics must not
-        drift while the head trains."""
+        """As nn.Module.train, but a frozen backbone stays in eval mode: its batch-norm statistics must not drift
+        while the head trains, and without dropout or stochastic depth its features are a pure function of the
+        image (what a feature cache relies on)."""
         super().train(mode)
         if mode and self.frozen:
-            for m in self.backbone.modules():
-                if isinstance(m, BATCH_NORMS):
-                    m.eval()
+            self.backbone.eval()
         return self
 
 

@@ -33,6 +33,7 @@ TRANSFER_KEYS = frozenset(
         "model.head",
         "optimizer.backbone_lr",
         "train.unfreeze_at_epoch",
+        "train.feature_cache",
     }
 )
 

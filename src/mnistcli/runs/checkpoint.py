@@ -55,10 +55,13 @@ def payload(
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file in the same folder, flush to disk, then rename over `path`; a full disk is one
-    line and leaves the previous file as it was."""
-    path = Path(path)
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    """Write a checkpoint atomically (`write_torch_file`), marked with its format."""
+    write_torch_file({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, Path(path))
+
+
+def write_torch_file(data: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file in the same folder, flush to disk, then rename over `path`; a full disk is
+    one line and leaves the previous file as it was."""
     if _tensor_bytes(data) > shutil.disk_usage(path.parent).free:  # tensor data alone: a lower bound of the size
         raise _no_space(path, data, errno.ENOSPC)
     tmp = None

@@ -27,6 +27,7 @@ BEST, LAST, INTERRUPTED = "best.pt", "last.pt", "interrupted.pt"  # eval/predict
 CONFIG, METRICS = "config.yaml", "metrics.csv"
 OWNER, LOCK = ".mnistcli-run", ".mnistcli.lock"  # the id of the run a folder belongs to; held while one trains
 CURVES, TENSORBOARD = "curves.png", "tensorboard"  # redrawn every epoch; event files (train.tensorboard)
+FEATURES = "features"  # a frozen backbone's features of each split (runs/features.py): derived, recomputable
 OWN_FILES = (BEST, LAST, INTERRUPTED, CONFIG, METRICS, OWNER, CURVES)
 # train_loss: the objective as optimised (label smoothing included); val_loss: plain cross-entropy, as `eval`
 # reports it; lr_mean, lr_max: the learning rate over the epoch's steps (a schedule moves it within an epoch)
@@ -106,7 +107,11 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
 
 def _ours(name: str) -> bool:
     """Files a run writes (or leaves while writing) in its folder, `eval` reports included."""
-    return name in (*OWN_FILES, TENSORBOARD) or _is_report(name) or (name.startswith(".") and name.endswith(".tmp"))
+    return (
+        name in (*OWN_FILES, TENSORBOARD, FEATURES)
+        or _is_report(name)
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )
 
 
 def _is_report(name: str) -> bool:
@@ -151,7 +156,11 @@ def check_out_dir(out: Path, run_id: str | None, resumed_from: Path | None, over
         return True
     if overwrite:
         return True
-    abandoned = owner is not None and set(names) <= {OWNER, CONFIG, METRICS, CURVES, TENSORBOARD} and not _has_rows(out)
+    abandoned = (
+        owner is not None
+        and set(names) <= {OWNER, CONFIG, METRICS, CURVES, TENSORBOARD, FEATURES}
+        and not _has_rows(out)
+    )
     if abandoned:  # a run stopped before its first epoch ended: nothing in it worth keeping
         return True
     raise UserError(f"{_describe(out, names)}; pass --overwrite to replace it, or --out DIR for a new folder")
@@ -187,7 +196,8 @@ def start_run_dir(out: Path, run_id: str, replace: bool) -> None:
         for path in [*(out / n for n in OWN_FILES if n != OWNER), *out.glob("*.eval*.json")]:
             if path.name in OWN_FILES or _is_report(path.name):
                 path.unlink(missing_ok=True)
-        shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
+        for folder in (TENSORBOARD, FEATURES):
+            shutil.rmtree(out / folder, ignore_errors=True)
     write_atomic(out / OWNER, f"{run_id}\n")
 
 
@@ -282,7 +292,8 @@ def _remove_unused(out: Path, created: list[Path]) -> None:
         return
     for name in (CONFIG, METRICS, OWNER):
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / TENSORBOARD, ignore_errors=True)  # event files of a run that never finished an epoch
+    for folder in (TENSORBOARD, FEATURES):  # event files and features of a run that never finished an epoch
+        shutil.rmtree(out / folder, ignore_errors=True)
     clean_temp_files(out)
     for folder in created:
         try:

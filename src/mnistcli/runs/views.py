@@ -32,13 +32,14 @@ class RunViews:
 
             self.tb = TensorBoardLog(out, every)
         self.model: nn.Module | None = None  # the graph is added once, at the first step
+        self.images = True  # the steps' inputs are images (not a frozen backbone's cached features)
 
     def step(self, epoch: int, batch: int, x: torch.Tensor, loss: torch.Tensor, lr: float) -> None:
         """After each training step: step scalars; the epoch's first (augmented) inputs; the graph once."""
         if self.tb is None:
             return
         self.tb.step((epoch - 1) * self.steps_per_epoch + batch, loss, lr)
-        if batch == 1 and epoch == 1:  # the first augmented batch: a grid per epoch would grow the files fast
+        if batch == 1 and epoch == 1 and self.images:  # the first augmented batch (a grid per epoch: large files)
             self.tb.inputs(x, self.spec, epoch)
         if self.model is not None:
             model, self.model = self.model, None

@@ -17,7 +17,10 @@ from ..engine import StepSetup
 from ..losses import build_loss
 from ..models.families import ModelFamily, build_model, family_of
 from ..optim import LRSchedule, build_optimizer
+from ..runs.features import cache_off, feature_batches, split_features
+from ..runs.folder import FEATURES
 from ..utils.distributed import SINGLE, STOP_CHECK_EVERY_CUDA, AgreedStop, World
+from ..utils.progress import Display
 from ..utils.runtime import amp_dtype
 from ..utils.stopwatch import Stopwatch
 
@@ -48,6 +51,7 @@ class Run:
     run_id: str = ""  # identifies the run across resumes: the run folder's owner
     world: World = SINGLE  # this process's rank among torchrun's processes
     watch: Stopwatch = field(default_factory=Stopwatch)  # seconds by phase: training, validation, checkpoints
+    image_batches: tuple[DeviceBatches, DeviceBatches] | None = None  # kept while cached features stand in for them
 
     @property
     def family(self) -> ModelFamily:
@@ -124,7 +128,8 @@ def _wrap(run: Run) -> None:
 
 
 def unfreeze(run: Run) -> None:
-    """Make the backbone trainable and give it its own optimizer group (at optimizer.backbone_lr)."""
+    """Make the backbone trainable and give it its own optimizer group (at optimizer.backbone_lr); a run on cached
+    features goes back to the images, in the order the features had reached."""
     from ..models.backbones import set_backbone_trainable
 
     set_backbone_trainable(run.model, True)
@@ -132,6 +137,45 @@ def unfreeze(run: Run) -> None:
     params = [p for n, p in run.model.named_parameters() if n.startswith("backbone.")]
     run.setup.optimizer.add_param_group({"params": params, "lr": lr, "name": "backbone"})
     run.schedule.add_group(run.setup.optimizer.param_groups[-1], lr / run.cfg.optimizer.lr)
-    if run.world.active:  # DDP reduces the parameters that trained when it was built: build it again
+    if run.image_batches is not None:
+        images, _ = run.image_batches
+        images.load_state(run.train_batches.state())
+        run.train_batches, run.val_batches = run.image_batches
+        run.image_batches = None
+        _wrap(run)
+    elif run.world.active:  # DDP reduces the parameters that trained when it was built: build it again
         _wrap(run)
     log.info("backbone unfrozen (lr %.3g)", lr)
+
+
+def use_cached_features(run: Run, splits: dict[str, Any], progress: Display | bool, channels_last: bool) -> None:
+    """Train and validate the head on the frozen backbone's features, computed once per split, where that gives
+    what the full network would (runs/features.py); says so, or why not, in one line."""
+    unfreeze_at = run.cfg.train.unfreeze_at_epoch
+    if not run.family.transfer or run.backbone_trains or (unfreeze_at is not None and unfreeze_at <= run.epoch + 1):
+        return
+    why = cache_off(run.cfg, run.train_batches.transform.random, run.world.active)
+    if why is not None:
+        log.info("feature cache off: %s", why)
+        return
+    backbone, cfg = run.model.backbone, run.cfg
+    found = {
+        split: split_features(
+            *(backbone, splits[split], cfg, run.spec, run.device, split, run.out, run.setup.amp_dtype),
+            channels_last=channels_last,
+            progress=progress,
+        )
+        for split in ("train", "val")
+    }
+    batches = {s: feature_batches(found[s], cfg, run.spec, run.device, s == "train") for s in found}
+    batches["train"].load_state(run.train_batches.state())  # a resume's data order, and where in the epoch it is
+    batches["train"].order.skip = run.train_batches.order.skip
+    run.image_batches = (run.train_batches, run.val_batches)
+    run.train_batches, run.val_batches = batches["train"], batches["val"]
+    run.step_model = torch.compile(run.model.head) if cfg.train.compile else run.model.head
+    n, width = len(found["train"][1]), found["train"][0].shape[1]
+    log.info(
+        "feature cache: the frozen %s backbone ran once per split (%d train, %d val images, %d features each, kept "
+        "in %s); the head trains on them (exact: no random augmentation); train.feature_cache: false turns it off",
+        *(cfg.model.name, n, len(found["val"][1]), width, run.out / FEATURES),
+    )

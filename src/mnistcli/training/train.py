@@ -33,7 +33,7 @@ from .resume import (
     restore,
     run_id_of,
 )
-from .state import Run, build_run_model, new_run
+from .state import Run, build_run_model, new_run, use_cached_features
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,12 @@ def _fit(
     """Build the run (data, model, optimizer; restored from `ckpt` when resuming) and train it; its timings count
     from `origin` seconds after the process started."""
     startup = Stopwatch()  # the phases before the first step; the run's own watch times the rest
-    run, n_train, n_val = _build(cfg, out, run_id, ckpt, world, startup)
+    run, n_train, n_val = _build(cfg, out, run_id, ckpt, world, startup, progress)
     tb = cfg.train.tensorboard and world.main
     views = RunViews(out, run.spec, tb, cfg.train.tensorboard_every, run.schedule.steps)
-    views.model, views.curves = (run.model if tb else None), world.main
+    # on cached features the steps' inputs are not images: no input grid, no graph of the whole network
+    views.model = run.model if tb and run.image_batches is None else None
+    views.curves, views.images = world.main, run.image_batches is None
     summary: dict[str, Any] = {}
     with _stop_on_signals(run.setup.stop) as received:
         log.info(
@@ -153,9 +155,16 @@ def _fit(
 
 
 def _build(
-    cfg: Config, out: Path, run_id: str, ckpt: dict[str, Any] | None, world: ddp.World, watch: Stopwatch
+    cfg: Config,
+    out: Path,
+    run_id: str,
+    ckpt: dict[str, Any] | None,
+    world: ddp.World,
+    watch: Stopwatch,
+    progress: Display | bool = False,
 ) -> tuple[Run, int, int]:
-    """The run's device, checks, data, model and optimizer (timed by phase), with its training and validation sizes."""
+    """The run's device, checks, data, model and optimizer (timed by phase), a frozen backbone's cached features,
+    with its training and validation sizes."""
     with watch("checks"):
         device = resolve_device(ddp.device_name(cfg.train.device, world))
         seed_everything(cfg.seed, cfg.train.deterministic)
@@ -192,6 +201,9 @@ def _build(
         restore(run, ckpt)
     if world.main:
         write_config(out, cfg)
+    if family.transfer:
+        with watch("features"):
+            use_cached_features(run, splits, progress, cl)
     return run, n_train, n_val
 
 

@@ -20,14 +20,17 @@ SCAN_BYTES = 16 * 2**20  # pickle read when looking for code references (tensor 
 DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # what a real pickle names; random bytes do not
 
 
-def read_tensors(path: Path, noun: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
-    """torch.load as data only; an empty, unreadable or code-referencing file is refused in one line."""
+def read_tensors(
+    path: Path, noun: str = "checkpoint", map_location: str | torch.device = "cpu", mmap: bool = False
+) -> Any:
+    """torch.load as data only; an empty, unreadable or code-referencing file is refused in one line. `mmap`:
+    tensors stay in the file, read by the pages used (large caches)."""
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: not a {noun} (empty file, 0 bytes)")
     try:
         with warnings.catch_warnings():  # torch warns about legacy pickle files before refusing them anyway
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except PermissionError as exc:
         raise CheckpointError(f"{path}: cannot read the {noun} ({exc.strerror})") from None
     except Exception as exc:  # corrupt bytes surface from torch's reader as many types (EOFError, IndexError...)
