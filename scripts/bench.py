@@ -9,6 +9,7 @@
     python scripts/bench.py --only fast --baseline REV [--examples EXAMPLES/mnist/main.py] --write
                                                         # launch-to-exit times against revision REV, side by side
     python scripts/bench.py --only transfer [--device cuda] --write   # frozen backbones on photos vs a plain loop
+    python scripts/bench.py --only recipes --write      # each training recipe against the config without it
 
 Each figure is the median of several runs; throughput pairs are measured alternately in one process, so machine
 noise hits both sides alike. `--write` replaces only the sections this run measured, each between its own
@@ -61,6 +62,10 @@ def measure(only: set[str], args: argparse.Namespace, tmp: Path) -> dict[str, st
         tables["design"] = table(design(args.repeats, args.steps or 40, args.batch))
     if "fast" in only:
         tables["fast"] = _fast(args, tmp)
+    if "recipes" in only:
+        from bench_recipes import recipes
+
+        tables["recipes"] = recipes(tmp)
     if "transfer" in only:
         from bench_transfer import transfer
 

@@ -25,15 +25,17 @@ from mnistcli.data.preprocess import fit_pixels, open_image
 SIDE = round(BACKBONE_SIZE / CROP_RATIO)  # px: the stored square of the crop preset (256 for 224)
 
 
-def make_photos(folder: Path, n: int, seed: int = 0, colour: int | tuple[int, int, int] = 240) -> list[Path]:
-    """n JPEGs of 500x375: blurred colour noise plus a bright rectangle (of `colour`), so the encoder has detail
-    to keep and a class something to be told by."""
+def make_photos(
+    folder: Path, n: int, seed: int = 0, colour: int | tuple[int, int, int] = 240, tint: tuple[int, ...] = (0, 0, 0)
+) -> list[Path]:
+    """n JPEGs of 500x375: blurred colour noise plus a bright rectangle (of `colour`), the whole photo shifted by
+    `tint` per channel, so the encoder has detail to keep and a class something to be told by."""
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
         small = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
         img = Image.fromarray(small).resize((500, 375), Image.Resampling.BICUBIC)
-        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 12, (375, 500, 3))
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 12, (375, 500, 3)) + np.array(tint)
         y, x = rng.integers(40, 300), rng.integers(40, 420)
         arr[y : y + 60, x : x + 80] = colour
         path = folder / f"photo_{i:04d}.jpg"

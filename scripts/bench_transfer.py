@@ -6,8 +6,8 @@
 
 The photos are made here (no real photos are reachable): 80% train, 20% a validation folder both sides read.
 Pretrained ImageNet weights are not reachable either: each backbone gets seeded random weights, saved as the
-local weights file both sides load; time does not depend on the values, and the classes differ in the colour
-of a rectangle, which random features still carry.
+local weights file both sides load; time does not depend on the values, and the classes differ in the tint of
+the whole photo and the colour of a rectangle, which random features still carry.
 """
 
 from __future__ import annotations
@@ -26,18 +26,19 @@ import yaml
 from bench_decode import gemm_gflops, make_photos
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = {"cat": (230, 120, 40), "dog": (40, 120, 230)}  # the rectangle's colour tells the classes apart
+# each class: its rectangle's colour and the tint of the whole photo (what random backbone weights still carry)
+CLASSES = {"cat": ((230, 120, 40), (30, 0, -30)), "dog": ((40, 120, 230), (-30, 0, 30))}
 BATCH = 64
 
 
 def make_folders(root: Path, photos: int) -> tuple[Path, Path]:
     """train/ and val/ folders of the two classes, 80/20, made once per run."""
     per_class = photos // len(CLASSES)
-    for k, (name, colour) in enumerate(CLASSES.items()):
+    for k, (name, (colour, tint)) in enumerate(CLASSES.items()):
         for split, n, offset in (("train", per_class * 4 // 5, 0), ("val", per_class - per_class * 4 // 5, 1000)):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            make_photos(folder, n, seed=10 * k + offset, colour=colour)
+            make_photos(folder, n, seed=10 * k + offset, colour=colour, tint=tint)
     return root / "train", root / "val"
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from mnistcli.config.json_schema import REGISTRY_KEYS, comments
 from mnistcli.config.schema import Config
+from mnistcli.config.typecheck import optional_section
 from mnistcli.config.validate import RANGES
 from mnistcli.data.datasets import DATASETS
 from mnistcli.losses import LOSSES
@@ -77,6 +78,14 @@ def rows(obj: object, prefix: str, notes: dict[tuple[str, str], str], read: dict
             out += rows(value, f"{prefix}{f.name}.", notes, read)
             continue
         key = f"{prefix}{f.name}"
+        inner = optional_section(hints[f.name])
+        if inner is not None:  # a section that is off unless set: its row, then its keys' defaults when on
+            note = cell(notes.get((type(obj).__name__, f.name), ""))
+            out.append(
+                f"| `{key}` | `{shown(value)}` | null (off), true (on, defaults below) or a mapping | {note} |  |"
+            )
+            out += rows(inner(), f"{key}.", notes, read)
+            continue
         note = cell(notes.get((type(obj).__name__, f.name), ""))
         who = read.get(key) or next((read[k] for k in read if key.startswith(f"{k}.")), "")
         out.append(f"| `{key}` | `{shown(value)}` | {cell(allowed(key, hints[f.name]))} | {note} | {who} |")

@@ -185,6 +185,10 @@ EDITS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
         lambda c: c["state_dict"].update({"features.0.weight": torch.zeros(5, 1, 3, 3)}),
         "state_dict.features.0.weight is [5, 1, 3, 3] but arch needs [4, 1, 3, 3]",
     ),
+    "a weight broadcast to a huge shape": (  # 1e10 values in the file's one stored float: refused by shape
+        lambda c: c["state_dict"].update({"features.0.weight": torch.zeros(1).expand(100_000, 100_000)}),
+        "state_dict.features.0.weight is [100000, 100000] but arch needs [4, 1, 3, 3]",
+    ),
     "a NaN weight": (
         lambda c: c["state_dict"]["features.0.weight"].view(-1)[3].fill_(float("nan")),
         "state_dict.features.0.weight holds 1 non-finite value(s) (NaN or inf); the weights are corrupt",
@@ -246,6 +250,67 @@ def test_resume_validates_the_checkpoint_too(run: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         train(CONFIG, ["train.epochs=2"], out=tmp_path / "resumed", resume=tmp_path / "last.pt")
     assert str(err.value) == f"{tmp_path / 'last.pt'}: input_spec.channels is 2; must be 1 or 3"
+
+
+# Training state of the wrong shape: (edit of last.pt's "resume", the field the one line names).
+STATE_EDITS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "resume an integer": (lambda c: c.update(resume=5), "resume is 5, not a mapping of training state"),
+    "rng not a mapping": (lambda c: c["resume"].update(rng=[1, 2]), "resume.rng is [1, 2], not the RNG states"),
+    "torch's RNG state a number": (
+        lambda c: c["resume"]["rng"].update(torch=7),
+        "resume.rng.torch is 7, not torch's RNG state (a uint8 tensor)",
+    ),
+    "torch's RNG state cut short": (
+        lambda c: c["resume"]["rng"].update(torch=c["resume"]["rng"]["torch"][:100]),
+        "resume.rng.torch is a torch.uint8 tensor of 100 values, not a generator state (5056 uint8 values)",
+    ),
+    "the data order's state of another size": (
+        lambda c: c["resume"]["data"].update(order=torch.zeros(3)),
+        "resume.data.order is a torch.float32 tensor of 3 values, not a generator state (5056 uint8 values)",
+    ),
+    "numpy's RNG state of another kind": (
+        lambda c: c["resume"]["rng"]["numpy"].update(kind="PCG64"),
+        "resume.rng does not fit this run (",
+    ),
+    "optimizer state for other parameters": (
+        lambda c: c["resume"]["optimizer"]["param_groups"][0].update(params=[0]),
+        "resume.optimizer does not fit this run (",
+    ),
+    "partial batches as text": (
+        lambda c: c["resume"].update(partial={"batches": "3"}),
+        "resume.partial.batches is '3', not a count of batches",
+    ),
+    "unfrozen a number": (lambda c: c["resume"].update(unfrozen=1), "resume.unfrozen is 1, not true/false"),
+}
+
+
+@pytest.mark.parametrize("case", STATE_EDITS)
+def test_training_state_of_the_wrong_shape_is_one_line_and_the_checkpoint_untouched(
+    run: Path, tmp_path: Path, case: str
+) -> None:
+    edit, problem = STATE_EDITS[case]
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    edit(ckpt)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(ckpt, folder / "last.pt")
+    before = (folder / "last.pt").read_bytes()
+    with pytest.raises(UserError) as err:
+        train(CONFIG, ["train.epochs=2"], resume=folder / "last.pt")
+    assert str(err.value).startswith(f"--resume: the checkpoint's {problem}"), str(err.value)
+    assert "the checkpoint is left as it is" in str(err.value)
+    assert (folder / "last.pt").read_bytes() == before
+    # at most the run's owner marker, and best.pt rewritten from last.pt (the folder had none) before the state is read
+    assert {p.name for p in folder.iterdir()} <= {"last.pt", "best.pt", ".mnistcli-run"}
+
+
+def test_wrong_training_state_from_the_command_line_is_one_line(run: Path, tmp_path: Path) -> None:
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["resume"]["rng"] = "seed"
+    torch.save(ckpt, tmp_path / "last.pt")
+    config = write_config(tmp_path / "cfg")
+    proc = finish(cli_start("train", str(config), "--resume", str(tmp_path / "last.pt"), "--set", "train.epochs=2"))
+    assert one_error_line(proc).startswith("--resume: the checkpoint's resume.rng is 'seed', not the RNG states")
 
 
 # --- a full disk ----------------------------------------------------------------------------------------------

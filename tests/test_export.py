@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from PIL import Image
 
 from mnistcli import predict as api_predict
 from mnistcli import train
+from mnistcli.data.pipeline import tta_views
 from mnistcli.deploy.artifact import load_exported
 from mnistcli.deploy.export import TOLERANCE, compare, export_checkpoint, publish_checked
 from mnistcli.deploy.predict import predict_images
 from mnistcli.evaluation.calibration import calibrate_checkpoint
+from mnistcli.evaluation.scores import eval_details
 from mnistcli.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,3 +272,117 @@ def test_files_that_are_not_exports_are_one_line(ckpt: Path, onnx_export: tuple[
             load_exported(path)
     with pytest.raises(UserError, match="give exactly one of --ckpt PATH"):
         predict_images([tmp_path / "notes.txt"], ckpt, model_path=onnx_export[0])
+
+
+def with_metadata(source: Path, target: Path, edit: Any) -> Path:
+    """A copy of an ONNX export whose embedded metadata `edit` changed (the graph left as exported)."""
+    model = onnx.load(source)
+    (prop,) = [p for p in model.metadata_props if p.key == "mnistcli"]
+    meta = json.loads(prop.value)
+    edit(meta)
+    prop.value = json.dumps(meta)
+    onnx.save(model, target)
+    return target
+
+
+def test_onnx_metadata_that_disagrees_with_its_graph_is_refused(onnx_export: tuple[Path, Any], tmp_path: Path) -> None:
+    path = onnx_export[0]
+    cases = {
+        "one class too many": (
+            lambda m: m["classes"].append("extra"),
+            "the graph's output is [batch, 10] but its metadata gives [batch, 11] (one output per class name)",
+        ),
+        "another input size": (
+            lambda m: m["input_spec"].update(stored=[1, 32, 32]),
+            "the graph's input is [batch, 1, 28, 28] but its metadata gives [batch, 1, 32, 32]",
+        ),
+        "float input for a uint8 graph": (
+            lambda m: m["input"].update(kind="float"),
+            "the metadata says float input but the graph takes tensor(uint8)",
+        ),
+        "another output name": (
+            lambda m: m["output"].update(name="scores"),
+            "the metadata names input 'images' and output 'scores' but the graph has",
+        ),
+    }
+    for i, (edit, message) in enumerate(cases.values()):
+        broken = with_metadata(path, tmp_path / f"broken{i}.onnx", edit)
+        with pytest.raises(UserError, match=re.escape(f"{broken}: {message}")):
+            load_exported(broken)
+    proc = mnistcli("predict", REPO / "data" / "samples" / "digit_7.png", "--model", tmp_path / "broken0.onnx")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert "selected index" not in proc.stderr
+
+
+def test_torchscript_metadata_naming_more_classes_than_it_gives_is_refused(ts_export: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pt"
+    with zipfile.ZipFile(ts_export) as src, zipfile.ZipFile(broken, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("/extra/mnistcli.json"):
+                meta = json.loads(data)
+                meta["classes"] = meta["classes"][:3]
+                data = json.dumps(meta).encode()
+            dst.writestr(item, data)
+    with pytest.raises(
+        UserError, match=re.escape(f"{broken}: its metadata names 3 classes but the model gives [1, 10]")
+    ):
+        load_exported(broken)
+
+
+def test_a_sidecar_that_differs_is_named_and_the_embedded_metadata_used(
+    onnx_export: tuple[Path, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tmp_path / "model.onnx"
+    shutil.copy(onnx_export[0], model)
+    side = json.loads(onnx_export[0].with_name("best.onnx.json").read_text())
+    side["classes"] = [f"c{i}" for i in range(10)]
+    model.with_name("model.onnx.json").write_text(json.dumps(side))
+    with caplog.at_level("WARNING", logger="mnistcli"):
+        loaded = load_exported(model)
+    assert loaded.classes == load_exported(onnx_export[0]).classes != side["classes"]
+    assert (
+        f"{model}.json differs from the metadata inside model.onnx (classes); the embedded metadata is used"
+        in caplog.text
+    )
+    caplog.clear()
+    shutil.copy(onnx_export[0].with_name("best.onnx.json"), model.with_name("model.onnx.json"))  # the true sidecar
+    with caplog.at_level("WARNING", logger="mnistcli"):
+        load_exported(model)
+    assert "differs" not in caplog.text
+
+
+# --- test-time augmentation -------------------------------------------------------------------------------------
+
+
+def test_tta_views_are_the_mirror_and_four_edge_repeating_shifts() -> None:
+    x = torch.arange(2 * 1 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    plain, mirror, *shifts = tta_views(x, "flip+shift")
+    assert torch.equal(plain, x) and torch.equal(mirror, x.flip(-1)) and len(shifts) == 4
+    down = shifts[0]  # the first shift moves the content 1 px (16 / 16) down, repeating the top row
+    assert torch.equal(down[..., 1:, :], x[..., :-1, :]) and torch.equal(down[..., 0, :], x[..., 0, :])
+    assert all(view.shape == x.shape for view in shifts)
+    assert len(tta_views(x, "none")) == 1 and len(tta_views(x, "shift")) == 5
+
+
+def test_eval_predict_and_export_agree_under_tta(ckpt: Path, pngs: list[Path], tmp_path: Path) -> None:
+    details = eval_details(ckpt, split="test", device="cpu", tta="flip+shift")
+    assert details.report["tta"] == "flip+shift"
+    plain = eval_details(ckpt, split="test", device="cpu")
+    assert not np.allclose(details.confidences, plain.confidences)  # the views change the probabilities
+    # pngs are the first test images: predict --tta gives eval --tta's probability for each
+    results = predict_images(pngs, ckpt, topk=1, tta="flip+shift")
+    predicted = np.array([r["probability"] for r in results])
+    assert np.allclose(predicted, details.confidences[: len(pngs)], atol=1e-5)
+    assert [r["index"] for r in results] == details.predicted[: len(pngs)].tolist()
+    # built into an export: the file averages alike
+    onnx_file = Path(export_checkpoint(ckpt, "onnx", tmp_path / "tta.onnx", tta="flip+shift")["path"])
+    exported = predict_images(pngs, None, topk=1, model_path=onnx_file)
+    assert np.allclose([r["probability"] for r in exported], predicted, atol=TOLERANCE)
+    assert json.loads(onnx_file.with_name("tta.onnx.json").read_text())["tta"] == "flip+shift"
+    with pytest.raises(UserError, match="--tta applies to --ckpt"):
+        predict_images(pngs[:1], None, model_path=onnx_file, tta="flip")
+    proc = mnistcli("predict", pngs[0], "--ckpt", ckpt, "--tta", "mirror")
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "error: unknown --tta 'mirror'; allowed: none, flip, shift, flip+shift"
+    ]

@@ -117,7 +117,10 @@ def test_random_augmentation_runs_the_full_network_and_says_why(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="mnistcli"):
         train(config(photos, weights, augment={}, epochs=1), out=tmp_path / "run")  # the preset's crop and flip
-    assert "feature cache off: data.augment draws random crops, flips or shifts" in caplog.text
+    assert (
+        "feature cache off: data.augment draws at random (crops, flips, shifts, policies, erasing or mixing; "
+        in caplog.text
+    )
     assert "data.augment.resized_crop: false" in caplog.text
     assert not (tmp_path / "run" / "features").exists()
 

@@ -215,3 +215,21 @@ def test_the_budget_has_one_default_everywhere() -> None:
 
     option = inspect.signature(predict_command).parameters["max_pixels"].default.default
     assert MAX_PIXELS == DataConfig().max_pixels == option == 64_000_000
+
+
+def test_an_output_that_overflows_is_no_answer(ckpt: Path, tmp_path: Path) -> None:
+    # finite weights, each under float32's limit, whose products overflow: the logits come out inf - inf = NaN
+    state = torch.load(ckpt, weights_only=True)
+    for key, value in state["state_dict"].items():
+        if key.endswith("weight") and value.dim() > 1:
+            value.fill_(1e30)
+    torch.save(state, tmp_path / "overflow.pt")
+    photo(tmp_path / "a.png", 0)
+    (res,) = predict_images([tmp_path / "a.png"], tmp_path / "overflow.pt")
+    assert "probability" not in res and "label" not in res
+    assert res["error"].endswith(
+        "the model's output is not a number (NaN or inf) for this image, so it has no answer; its weights overflow"
+    )
+    proc = mnistcli("predict", tmp_path / "a.png", "--ckpt", tmp_path / "overflow.pt")
+    assert proc.returncode == 2 and "nan" not in proc.stdout.lower() and "Traceback" not in proc.stderr
+    assert "not a number (NaN or inf)" in proc.stderr and "1 of 1 image(s) could not be predicted" in proc.stderr

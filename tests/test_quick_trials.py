@@ -158,7 +158,7 @@ def test_a_tenth_of_the_data_takes_a_tenth_of_the_steps_and_eval_stays_whole(
         train(cfg, ["data.fraction=0.2", "train.epochs=2"], out=tmp_path / "tenth", resume="last")
     assert str(err.value) == (
         "cannot resume with changed data.fraction: 0.1 -> 0.2; a resume may change only "
-        "train.epochs, optimizer.lr and where the run reads and writes"
+        "train.epochs, optimizer.lr, train.early_stopping and where the run reads and writes"
     )
 
 

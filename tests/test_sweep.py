@@ -48,7 +48,8 @@ def test_a_2x2_sweep_trains_4_runs_ranked_in_sweep_csv_and_a_rerun_keeps_them(tm
     assert {p.name for p in out.iterdir()} == names | {"sweep.csv"}
     rows = table(out)
     assert list(rows[0]) == [
-        *("optimizer.lr", "data.batch_size", "best_val_acc", "best_val_loss", "best_epoch", "epochs", "seconds", "run")
+        *("optimizer.lr", "data.batch_size", "best_val_acc", "best_val_loss", "best_epoch", "epochs"),
+        *("stopped_early", "seconds", "run"),
     ]
     assert {r["run"] for r in rows} == names and [r["run"] for r in rows] == [r["run"] for r in result["rows"]]
     accs = [float(r["best_val_acc"]) for r in rows]
@@ -62,7 +63,7 @@ def test_a_2x2_sweep_trains_4_runs_ranked_in_sweep_csv_and_a_rerun_keeps_them(tm
         )
         best = checkpoint(run / "best.pt")
         assert float(row["best_val_acc"]) == pytest.approx(best["metrics"]["best_val_acc"], rel=1e-5)
-        assert int(row["best_epoch"]) == best["epoch"] and int(row["epochs"]) == 2
+        assert int(row["best_epoch"]) == best["epoch"] and int(row["epochs"]) == 2 and row["stopped_early"] == ""
         metrics = read_metrics(run)
         assert float(row["best_val_loss"]) == pytest.approx(metrics[best["epoch"] - 1]["val_loss"], rel=1e-5)
         assert float(row["seconds"]) == pytest.approx(sum(m["seconds"] for m in metrics), rel=1e-3)
@@ -70,7 +71,7 @@ def test_a_2x2_sweep_trains_4_runs_ranked_in_sweep_csv_and_a_rerun_keeps_them(tm
     assert result["best_checkpoint"] == str(out / rows[0]["run"] / "best.pt")
     assert result["best"]["best_val_acc"] == best["metrics"]["best_val_acc"] == max(accs)
     assert result["table"][0].split() == [
-        *("optimizer.lr", "data.batch_size", "val_acc", "val_loss", "epoch", "epochs", "seconds", "run")
+        *("optimizer.lr", "data.batch_size", "val_acc", "val_loss", "epoch", "epochs", "early", "seconds", "run")
     ]
     assert [line.split()[-1] for line in result["table"][1:]] == [r["run"] for r in rows]
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -104,6 +104,8 @@ class StepSetup:
     skipped: list[str] = field(default_factory=list)  # "epoch/batch" of batches skipped for a non-finite loss
     stop: threading.Event = field(default_factory=threading.Event)  # set by SIGINT/SIGTERM: stop after this step
     defer: bool | None = None  # find non-finite losses without a per-step host sync; None: on CUDA only
+    accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step (train.accumulate)
+    average: Any = None  # the weights' moving average (training/averaging.WeightAverage): updated after each step
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -134,6 +136,8 @@ def train_one_epoch(
     before = done["seen"]  # images a resumed epoch had already done
     defer = setup.defer if setup.defer is not None else device.type == "cuda"
     watch = NonFiniteWatch(device) if defer else None
+    # micro-batches of this epoch (a resume starts after a whole group), cut by max_batches: groups end with it
+    end = step + len(batches) if max_batches is None else min(step + len(batches), max_batches)
 
     def running(n: int) -> dict[str, float]:
         nonlocal seen
@@ -147,19 +151,21 @@ def train_one_epoch(
         step += 1
         lr = setup.optimizer.param_groups[0]["lr"]  # a Python float: no device sync
         lr_sum, lr_max = lr_sum + lr, max(lr_max, lr)
-        loss, out = _step(model, x, y, setup, epoch, step, getattr(batches, "loss_weight", 1.0), defer)
+        group = group_of(step, setup.accumulate, end)
+        loss, out = _step(model, x, y, setup, epoch, step, getattr(batches, "loss_weight", 1.0), defer, group)
         if loss is not None:
             # deferred: no host sync; a non-finite loss adds nothing to the sums and is acted on once the host reads it
             bad = ~torch.isfinite(loss.detach()) if watch is not None else None
             loss_sum += _unless(bad, loss.detach().double() * len(y))
-            correct += _unless(bad, (out.argmax(1) == y).sum())
+            labels = y if y.dim() == 1 else y.argmax(1)  # mixup/cutmix: the larger share of a soft target
+            correct += _unless(bad, (out.argmax(1) == labels).sum())
             seen += len(y)
             if watch is not None:
                 watch.add(step, len(y), loss)
                 seen -= watch.settle(False, setup.on_nan, setup.skipped, epoch)
             if on_step is not None:
                 on_step(epoch, step, x, loss.detach(), lr)
-        if setup.stop.is_set():
+        if group.last and setup.stop.is_set():  # a stop waits for the group's optimizer step
             stopped = True
             break
     if watch is not None:  # before anything is returned (and written): every step of this pass is settled
@@ -177,6 +183,34 @@ def train_one_epoch(
     }
 
 
+class Group(NamedTuple):
+    """Where a micro-batch stands in its group of train.accumulate micro-batches (one optimizer step)."""
+
+    first: bool  # gradients are zeroed before it
+    last: bool  # the optimizer steps after it
+    size: int  # micro-batches in the group: train.accumulate, or fewer for an epoch's last group
+
+
+def group_of(step: int, accumulate: int, end: int) -> Group:
+    """The group of micro-batch `step` (1-based in its epoch) when the epoch's micro-batches end at `end`."""
+    start = step - (step - 1) % accumulate  # the group's first micro-batch
+    size = max(1, min(accumulate, end - start + 1))
+    return Group(step == start, step >= start + size - 1, size)
+
+
+SINGLE_STEP = Group(True, True, 1)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setup: StepSetup) -> torch.Tensor:
+    """One plain optimizer step on a batch (the learning-rate range test's): the loss it stepped on, or a
+    non-finite loss without a step."""
+    with _autocast(x.device, setup.amp_dtype):
+        loss = setup.loss_fn(model(x), y)
+    if torch.isfinite(loss):
+        _update(model, loss, setup, 1.0)
+    return loss.detach()
+
+
 def _unless(bad: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
     """`value`, or zero where the device flag `bad` is set."""
     return value if bad is None else torch.where(bad, torch.zeros_like(value), value)
@@ -191,37 +225,53 @@ def _step(
     step: int,
     loss_weight: float = 1.0,
     defer: bool = False,
+    group: Group = SINGLE_STEP,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """One optimizer step; returns (loss, output), or (None, output) for a skipped non-finite batch.
-    `loss_weight` scales the gradient only (a rank's share of an uneven global batch under DDP). `defer`: no host
-    sync; the caller finds a non-finite loss later, and under on_nan skip the device undoes its update."""
+    """One micro-batch: forward, backward, and the optimizer step when it ends its group; returns (loss, output),
+    or (None, output) for a skipped non-finite batch. `loss_weight` scales the gradient only (a rank's share of an
+    uneven global batch under DDP). `defer`: no host sync; the caller finds a non-finite loss later, and under
+    on_nan skip the device undoes its update."""
     with _autocast(x.device, setup.amp_dtype):
         out = model(x)
         loss = setup.loss_fn(out, y)
     if defer:
-        _update(model, loss, setup, loss_weight, ~torch.isfinite(loss.detach()) if setup.on_nan == "skip" else None)
+        undo = ~torch.isfinite(loss.detach()) if setup.on_nan == "skip" else None
+        _update(model, loss, setup, loss_weight, undo, group)
         return loss, out
     if not torch.isfinite(loss):
         if setup.on_nan == "stop":
             raise nonfinite_error(loss.item(), epoch, step)
         setup.skipped.append(f"{epoch}/{step}")
         return None, out
-    _update(model, loss, setup, loss_weight)
+    _update(model, loss, setup, loss_weight, None, group)
     return loss, out
 
 
 def _update(
-    model: nn.Module, loss: torch.Tensor, setup: StepSetup, loss_weight: float, undo: torch.Tensor | None = None
+    model: nn.Module,
+    loss: torch.Tensor,
+    setup: StepSetup,
+    loss_weight: float,
+    undo: torch.Tensor | None = None,
+    group: Group = SINGLE_STEP,
 ) -> None:
-    """Backward, clip, optimizer and schedule step; where the device flag `undo` is set, the parameters and the
-    optimizer's state are put back as they were (on the device: no host sync)."""
+    """Backward, and at the group's last micro-batch clip, optimizer, moving average and schedule step; where the
+    device flag `undo` is set, the parameters and the optimizer's state are put back as they were (on the
+    device: no host sync). Gradients of a group's micro-batches add up, each weighted 1 / group size, so a group
+    of equal micro-batches steps as one batch of them all; under DDP only the last one all-reduces."""
     kept = _snapshot(setup.optimizer) if undo is not None else None
-    setup.optimizer.zero_grad(set_to_none=True)
+    if group.first:
+        setup.optimizer.zero_grad(set_to_none=True)
+    weighted = loss * (loss_weight / group.size)
+    with nullcontext() if group.last or not hasattr(model, "no_sync") else model.no_sync():
+        if setup.scaler is not None:
+            setup.scaler.scale(weighted).backward()
+        else:
+            weighted.backward()
+    if not group.last:
+        return
     if setup.scaler is not None:
-        setup.scaler.scale(loss * loss_weight).backward()
         setup.scaler.unscale_(setup.optimizer)  # clip true gradients, not scaled ones
-    else:
-        (loss * loss_weight).backward()
     if setup.grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
     if setup.scaler is not None:
@@ -231,6 +281,8 @@ def _update(
         setup.optimizer.step()
     if kept is not None and undo is not None:
         _restore(setup.optimizer, kept, undo)
+    if setup.average is not None:
+        setup.average.update()
     if setup.schedule is not None:
         setup.schedule.step_batch()
 

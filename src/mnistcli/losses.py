@@ -26,12 +26,32 @@ LOSSES: dict[str, LossEntry] = {
 }
 
 
-def build_loss(cfg: Any) -> Any:
-    """The loss module named by the config's loss section."""
+def build_loss(cfg: Any, class_counts: list[int] | None = None) -> Any:
+    """The loss module named by the config's loss section; `class_counts` (training images per class) size
+    loss.class_weights (auto: each class weighted by the inverse of its share, so the classes weigh alike)."""
+    import torch
     from torch import nn
 
     entry = LOSSES[cfg.name]
-    return getattr(nn, entry.cls)(**entry.kwargs(cfg))
+    kwargs = entry.kwargs(cfg)
+    if cfg.class_weights is not None:
+        kwargs["weight"] = torch.tensor(class_weights(cfg.class_weights, class_counts or []), dtype=torch.float32)
+    return getattr(nn, entry.cls)(**kwargs)
+
+
+def class_weights(setting: str | list[float], counts: list[int]) -> list[float]:
+    """loss.class_weights as one weight per class: `auto` gives n / (classes * count), 1 for a balanced set."""
+    from .utils.errors import UserError
+
+    if setting != "auto":
+        if len(setting) != len(counts):
+            raise UserError(
+                f"loss.class_weights has {len(setting)} weights for {len(counts)} classes; give one per class, "
+                "in class order (mnistcli data audit lists them), or auto"
+            )
+        return [float(w) for w in setting]
+    n, k = sum(counts), len(counts)
+    return [n / (k * c) if c else 0.0 for c in counts]  # a class with no training image cannot be weighted up
 
 
 def eval_loss(log_probs: bool) -> Any:

@@ -105,6 +105,41 @@ class LRSchedule:
         self.max_steps = max_steps  # train.max_steps: a run cut short gets the whole schedule in fewer steps
         self.per_batch = SCHEDULERS[cfg.name].per_batch
         self.scheduler = self._build()
+        self.warmup = self._warmup_steps()  # optimizer steps of linear warm-up (0: none)
+        self.done = 0  # optimizer steps taken: the warm-up's clock
+        self.base = [g["lr"] for g in optimizer.param_groups]  # the schedule's rates, before the warm-up's factor
+        self._warm()
+
+    def _total(self) -> int:
+        """Optimizer steps of the whole run (train.max_steps caps them)."""
+        total = self.epochs * self.steps
+        return max(1, min(total, self.max_steps)) if self.max_steps is not None else total
+
+    def _warmup_steps(self) -> int:
+        """Warm-up steps: scheduler.warmup_steps, or warmup_epochs as the same share of the run (so a run cut
+        short by train.max_steps warms up over the same fraction of its steps). Not cut to the run's length: a
+        run that resumes for more epochs warms up as the longer run would have."""
+        if self.cfg.warmup_steps:
+            return self.cfg.warmup_steps
+        return round(self.cfg.warmup_epochs / self.epochs * self._total())
+
+    def _warm(self) -> None:
+        """Set each group's rate to the schedule's, times the warm-up factor (done + 1) / warmup while warming."""
+        if self.warmup:
+            factor = min(1.0, (self.done + 1) / self.warmup)
+            for group, lr in zip(self.optimizer.param_groups, self.base):
+                group["lr"] = lr * factor
+
+    def _step(self, scheduled: bool) -> None:
+        """Step the torch scheduler (when `scheduled`) on the schedule's own rates, then warm them again."""
+        if self.warmup:
+            for group, lr in zip(self.optimizer.param_groups, self.base):
+                group["lr"] = lr  # chainable schedulers compute from the rate they set last
+        if scheduled:
+            self.scheduler.step()
+        if self.warmup:
+            self.base = [g["lr"] for g in self.optimizer.param_groups]
+            self._warm()
 
     def _build(self) -> Any:
         """The torch scheduler over the optimizer's current groups, or None for a constant rate."""
@@ -114,9 +149,7 @@ class LRSchedule:
         if entry.cls is None:
             return None
         # per-epoch schedulers count epochs; per-batch ones count every step of the whole run
-        total = self.epochs * self.steps
-        if self.max_steps is not None and self.per_batch:
-            total = max(1, min(total, self.max_steps))
+        total = self._total() if self.per_batch else self.epochs * self.steps
         kwargs = entry.kwargs(self.cfg, self.optimizer, total)
         if entry.cls == "OneCycleLR" and float(kwargs["pct_start"] * total) == 1:
             raise UserError(  # its first phase would end on step 0: a division by zero in torch's get_lr
@@ -127,25 +160,32 @@ class LRSchedule:
 
     def step_batch(self) -> None:
         """After each optimizer step."""
-        if self.scheduler is not None and self.per_batch:
-            self.scheduler.step()
+        self.done += 1
+        self._step(self.scheduler is not None and self.per_batch)
 
     def step_epoch(self) -> None:
         """After each epoch."""
-        if self.scheduler is not None and not self.per_batch:
-            self.scheduler.step()
+        self._step(self.scheduler is not None and not self.per_batch)
 
     def state_dict(self) -> dict[str, Any] | None:
-        """The scheduler's state for a checkpoint (None for a constant rate)."""
-        return self.scheduler.state_dict() if self.scheduler is not None else None
+        """The scheduler's state for a checkpoint (None for a constant rate); with a warm-up, also its clock and
+        the schedule's own rates."""
+        state = self.scheduler.state_dict() if self.scheduler is not None else None
+        return {"scheduler": state, "done": self.done, "base": self.base} if self.warmup else state
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore what state_dict returned."""
+        if self.warmup and state is not None:
+            self.done, self.base = int(state["done"]), [float(lr) for lr in state["base"]]
+            state = state["scheduler"]
         if self.scheduler is not None and state is not None:
             self.scheduler.load_state_dict(state)
 
-    def restart(self, lrs: list[float], steps_done: int) -> None:
-        """A new length or learning rate: set the groups' rates, rebuild, and advance to where the run stands."""
+    def restart(self, lrs: list[float], saved: dict[str, Any] | None) -> None:
+        """A new length or learning rate: set the groups' rates, rebuild, and advance to where the run stands
+        (`saved`: the schedule's state_dict as the checkpoint holds it)."""
+        if self.warmup and saved is not None and "done" in saved:
+            self.done, saved = int(saved["done"]), saved["scheduler"]
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
             for key in SCHEDULER_GROUP_KEYS:  # let the new scheduler set these afresh
@@ -153,8 +193,10 @@ class LRSchedule:
         self.scheduler = self._build()
         with warnings.catch_warnings():  # stepping a scheduler before any optimizer step warns; here it is intended
             warnings.simplefilter("ignore")
-            for _ in range(steps_done if self.scheduler is not None else 0):
+            for _ in range(saved["last_epoch"] if self.scheduler is not None and saved else 0):
                 self.scheduler.step()
+        self.base = [g["lr"] for g in self.optimizer.param_groups]
+        self._warm()
 
     def add_group(self, group: dict[str, Any], lr_ratio: float) -> None:
         """A group added mid-run (an unfrozen backbone) follows the schedule, scaled by lr_ratio to the first."""
@@ -164,3 +206,6 @@ class LRSchedule:
                 group[key] = first[key] * lr_ratio
         if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
             self.scheduler.base_lrs.append(group.get("initial_lr", group["lr"]))
+        if self.warmup:
+            self.base.append(group["lr"])
+            self._warm()

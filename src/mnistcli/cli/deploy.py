@@ -38,6 +38,9 @@ def export(
     device: str = typer.Option(
         "cpu", "--device", metavar="D", help="Where to trace and check: cpu | cuda | cuda:N | mps (ONNX checks on cpu)."
     ),
+    tta: str = typer.Option(
+        "none", "--tta", metavar="none|flip|shift|flip+shift", help="Build predict --tta's averaging into the file."
+    ),
 ) -> None:
     """Export a checkpoint as one file that takes images at the stored shape and returns class probabilities
     (pipeline and calibration inside); it is kept only if, loaded back with its runtime, it matches PyTorch."""
@@ -46,7 +49,7 @@ def export(
     def work() -> dict[str, Any]:
         from ..deploy.export import export_checkpoint
 
-        return export_checkpoint(ckpt, fmt, out, input_kind, check_images, device)
+        return export_checkpoint(ckpt, fmt, out, input_kind, check_images, device, tta)
 
     res = run(work)
     meta, check = res["metadata"], res["check"]
@@ -94,6 +97,12 @@ def predict(
         metavar="FILE",
         help="Write one row per image into a new FILE.csv or FILE.jsonl (an existing file is never replaced).",
     ),
+    tta: str = typer.Option(
+        "none",
+        "--tta",
+        metavar="none|flip|shift|flip+shift",
+        help="Average each image's probabilities over its mirror image (flip) and/or four shifts by 1/16 of a side.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
 ) -> None:
     """Predicted class and top-k probabilities for each image, from the checkpoint alone or an exported model."""
@@ -105,7 +114,9 @@ def predict(
 
         check_source(ckpt, model)
         target = None if output is None else check_output(output)  # before any work: a refusal costs nothing
-        results = predict_images(images, ckpt, topk, preprocess, show_input, model_path=model, max_pixels=max_pixels)
+        results = predict_images(
+            images, ckpt, topk, preprocess, show_input, model_path=model, max_pixels=max_pixels, tta=tta
+        )
         if target is not None:
             write_output(results, target)
         return results

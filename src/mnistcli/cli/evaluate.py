@@ -42,6 +42,13 @@ def eval_(
         help="First fit a temperature on the validation split and store it in the checkpoint; eval and predict "
         "then report calibrated probabilities.",
     ),
+    tta: str = typer.Option(
+        "none",
+        "--tta",
+        metavar="none|flip|shift|flip+shift",
+        help="Test-time augmentation: average each image's probabilities over its mirror image (flip) and/or four "
+        "shifts by 1/16 of a side (shift), as predict --tta does.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Accuracy (with its 95% interval), loss, per-class precision/recall/F1, the confusion matrix and the
@@ -64,7 +71,7 @@ def eval_(
             _check_plots(plots)
         if calibrate:
             _calibrate(ckpt[0], data_root, device, as_json)
-        return _evaluate(ckpt[0], split, data_root, device, plots, not as_json and sys.stderr.isatty()), path
+        return _evaluate(ckpt[0], split, data_root, device, plots, not as_json and sys.stderr.isatty(), tta), path
 
     res, path = run(work)
     if os.environ.get("RANK", "0") != "0":
@@ -115,7 +122,9 @@ def _calibrate(ckpt: Path, data_root: Path | None, device: str, quiet: bool) -> 
         )
 
 
-def _evaluate(ckpt: Path, split: str, data_root: Path | None, device: str, plots: Path | None, bar: bool) -> dict:
+def _evaluate(
+    ckpt: Path, split: str, data_root: Path | None, device: str, plots: Path | None, bar: bool, tta: str = "none"
+) -> dict:
     """The report; with `plots`, also the confusion matrix, the most confident mistakes and the reliability
     diagram as PNGs."""
     import numpy as np
@@ -126,7 +135,7 @@ def _evaluate(ckpt: Path, split: str, data_root: Path | None, device: str, plots
     world = ddp.launched()
     try:
         with ddp.rank0_speaks(world):
-            details = eval_details(ckpt, split, data_root, device, progress=bar and world.main)
+            details = eval_details(ckpt, split, data_root, device, progress=bar and world.main, tta=tta)
     finally:
         ddp.stop()
     if plots is None or not world.main:

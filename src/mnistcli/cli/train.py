@@ -154,6 +154,46 @@ def plot(
     typer.echo(f"wrote {run(work)}")
 
 
+def lr_find(
+    config: Path = typer.Argument(..., help="YAML experiment config."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key (repeatable)."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps of the test (the split repeats as needed)."),
+    start: float = typer.Option(1e-7, "--start", help="The first learning rate."),
+    end: float = typer.Option(10.0, "--end", help="The last learning rate (the test stops early once it diverges)."),
+    out: Path = typer.Option(
+        Path("lr_find.png"), "--out", metavar="FILE", help="The curve's PNG (needs the plots extra); never replaced."
+    ),
+) -> None:
+    """The learning-rate range test: a few hundred steps at exponentially growing rates, the loss at each, and the
+    rate where it falls fastest as the suggestion. Writes no run folder; the weights it trains are dropped."""
+    setup_logging(False)
+
+    def work() -> dict:
+        if out.exists():
+            raise UserError(f"--out {out}: the file exists and is never replaced; give another FILE")
+        from ..training.lr_find import find_lr
+
+        return find_lr(config, list(overrides), steps, start, end)
+
+    res = run(work)
+    typer.echo(
+        f"suggested lr {res['suggestion']:.3g} (lowest loss at {res['lowest']:.3g}; a tenth of that is a "
+        f"safer pick) for {res['optimizer']}: --set optimizer.lr={res['suggestion']:.3g}"
+    )
+
+    def draw() -> Path | None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # the suggestion stands without the picture
+            return None
+        from ..runs.plots import lr_find_figure, save_figure
+
+        return save_figure(lr_find_figure(res), out)
+
+    drawn = run(draw)
+    typer.echo(f"curve: {drawn}" if drawn else "curve: not drawn (install mnistcli[plots] for lr_find.png)")
+
+
 def sweep(
     config: Path = typer.Argument(..., help="YAML experiment config."),
     grid: list[str] = typer.Option(

@@ -24,7 +24,7 @@ from ..models.families import MODELS
 from ..optim import OPTIMIZERS, SCHEDULERS
 from . import schema as config_module
 from .schema import Config
-from .typecheck import EXPONENT
+from .typecheck import EXPONENT, optional_section
 from .validate import RANGES, _choices
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -176,8 +176,14 @@ def _section(obj: Any, prefix: str, notes: dict[tuple[str, str], str]) -> dict[s
     properties = {}
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        inner = optional_section(hints[f.name])
         if dataclasses.is_dataclass(value):
             properties[f.name] = _section(value, f"{key}.", notes)
+        elif inner is not None:  # off by default: null (or false) off, true or a mapping on
+            section = _section(inner(), f"{key}.", notes)
+            note = notes.get((cls.__name__, f.name), "")
+            properties[f.name] = {**section, "type": ["object", "null", "boolean"], "default": value}
+            properties[f.name]["description"] = note or section["description"]
         else:
             properties[f.name] = _field(key, hints[f.name], value, notes.get((cls.__name__, f.name), ""))
     kind = ["object", "null"] if prefix else "object"  # an empty section (`data:`) keeps the defaults

@@ -20,6 +20,14 @@ from .validate import FOREIGN_KEYS, check, unused_keys
 
 
 @dataclass
+class MixConfig:
+    """Mixing pairs of training images and their labels (mixup, cutmix): soft targets."""
+
+    alpha: float = 1.0  # the mixing ratio is drawn from Beta(alpha, alpha)
+    prob: float = 1.0  # share of training batches mixed
+
+
+@dataclass
 class AugmentConfig:
     """Training-only random augmentations, applied per sample."""
 
@@ -29,6 +37,12 @@ class AugmentConfig:
     shear: float = 0.0  # degrees, uniform in [-shear, shear]
     resized_crop: list[float] | bool | None = None  # [min, max] area; false: none; None: presets' [0.08, 1]
     hflip: bool | None = None  # flip left-right with probability 0.5; None: on for pretrained presets only
+    policy: Literal["none", "randaugment", "trivialaugment", "autoaugment"] = "none"  # torchvision's, per image
+    magnitude: int = 9  # randaugment: strength of each operation, 0 to 30
+    num_ops: int = 2  # randaugment: operations per image
+    erasing: float = 0.0  # probability of erasing a random rectangle of each image (after normalization)
+    mixup: MixConfig | None = None  # null: off; true or a mapping: blend pairs of images (alpha 0.2 is common)
+    cutmix: MixConfig | None = None  # null: off; true or a mapping: paste a patch of one image into another
 
 
 @dataclass
@@ -45,6 +59,7 @@ class DataConfig:
     fraction: float = 1.0  # share of each split used (seeded, each class keeps its share); 1.0: all of it
     limit: int | None = None  # at most this many images per split (seeded, class-balanced); None: no cap
     batch_size: int = 128  # training images per step
+    sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: draw each class equally often (with replacement)
     eval_batch_size: int = 1000  # images per step in validation and eval
     image_size: int | None = None  # square side in pixels; None keeps the dataset's size
     channels: int | None = None  # 1 or 3; None keeps the dataset's own
@@ -102,6 +117,7 @@ class LossConfig:
 
     name: str = "cross_entropy"  # cross_entropy | nll
     label_smoothing: float = 0.0  # cross_entropy: weight moved from the true class to all classes
+    class_weights: Literal["auto"] | list[float] | None = None  # per class; auto: inverse of its training share
 
 
 @dataclass
@@ -126,6 +142,25 @@ class SchedulerConfig:
     gamma: float = 0.1  # step: decay factor
     min_lr: float = 0.0  # cosine: final lr
     pct_start: float = 0.25  # onecycle: fraction of steps spent warming up to optimizer.lr
+    warmup_epochs: float = 0.0  # linear warm-up over this many epochs (fractions allowed) before the schedule
+    warmup_steps: int = 0  # or over this many optimizer steps (one of the two)
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, used by validation, best.pt, eval, predict and export."""
+
+    decay: float = 0.999  # per optimizer step: average = decay * average + (1 - decay) * weights
+    warmup: bool = True  # the decay grows as (1 + t) / (10 + t) until it reaches `decay` (t: optimizer steps)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop a run whose validation has not improved for `patience` epochs; best.pt keeps the best epoch."""
+
+    metric: Literal["val_acc", "val_loss"] = "val_acc"  # what must improve: accuracy up, loss down
+    patience: int = 5  # epochs without improvement before the run stops
+    min_delta: float = 0.0  # the least change that counts as an improvement
 
 
 @dataclass
@@ -146,6 +181,9 @@ class TrainConfig:
     tensorboard: bool = False  # write TensorBoard event files into <run folder>/tensorboard/ (mnistcli[tensorboard])
     tensorboard_every: int = 50  # optimizer steps between the per-step loss and lr points in TensorBoard
     dist_timeout: float = 60.0  # under torchrun: seconds a rank waits for the others before the run fails
+    accumulate: int = 1  # micro-batches of data.batch_size whose gradients make one optimizer step
+    ema: EmaConfig | None = None  # null: off; true or a mapping: average the weights (see EmaConfig)
+    early_stopping: EarlyStoppingConfig | None = None  # null: off; true or a mapping: stop when validation stalls
 
 
 @dataclass

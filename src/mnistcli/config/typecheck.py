@@ -61,6 +61,16 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return False, value
 
 
+def optional_section(tp: Any) -> Any:
+    """The dataclass of a section that may be switched off (`EmaConfig | None`: null is off), else None."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = get_args(tp)
+        inner = [a for a in args if a is not type(None)]
+        if len(args) == 2 and len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
+
+
 def build_dataclass(cls: type, data: Any, prefix: str, problems: Problems, hints: dict[str, str]) -> Any:
     """Build `cls` from a mapping; bad entries are added to `problems` and left at their defaults.
 
@@ -80,6 +90,14 @@ def build_dataclass(cls: type, data: Any, prefix: str, problems: Problems, hints
             problems.append((dotted, f"unknown key '{dotted}'{hint}; allowed in '{section}': {', '.join(names)}"))
             continue
         tp = types_[key]
+        inner = optional_section(tp)
+        if inner is not None:  # null or false: off; true: on with its defaults; a mapping: on with those keys
+            if value is not None and not isinstance(value, (bool, dict)):
+                problems.append((dotted, f"'{dotted}' must be null (off), true or a mapping of keys, got {value!r}"))
+                continue
+            on = {} if value is True else value
+            kwargs[key] = None if value in (None, False) else build_dataclass(inner, on, f"{dotted}.", problems, hints)
+            continue
         if dataclasses.is_dataclass(tp):
             kwargs[key] = build_dataclass(tp, value if value is not None else {}, f"{dotted}.", problems, hints)
             continue

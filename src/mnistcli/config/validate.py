@@ -103,6 +103,13 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.augment.rotation": (lambda v: 0 <= v <= 180, "degrees in [0, 180] (angles are drawn from [-v, v])"),
     "data.augment.translate": (lambda v: 0 <= v < 1, "a fraction of the side in [0, 1)"),
     "data.augment.shear": (lambda v: 0 <= v < 90, "degrees in [0, 90) (angles are drawn from [-v, v])"),
+    "data.augment.magnitude": (lambda v: 0 <= v <= 30, "an integer in [0, 30]"),
+    "data.augment.num_ops": (lambda v: v >= 1, "an integer >= 1"),
+    "data.augment.erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "data.augment.mixup.alpha": (lambda v: v > 0, "a number > 0"),
+    "data.augment.mixup.prob": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "data.augment.cutmix.alpha": (lambda v: v > 0, "a number > 0"),
+    "data.augment.cutmix.prob": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "data.fake_size": (lambda v: v >= 4, "an integer >= 4"),
     "data.fake_classes": (lambda v: v >= 2, "an integer >= 2"),
     "data.fake_shape": (
@@ -122,6 +129,10 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.kernel_size": (lambda v: v >= 1, "an integer >= 1"),
     "model.pool_every": (lambda v: v >= 1, "an integer >= 1"),
     "loss.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "loss.class_weights": (
+        lambda v: v == "auto" or (len(v) >= 2 and min(v) >= 0 and max(v) > 0),
+        "auto, or one weight >= 0 per class (at least two, not all 0)",
+    ),
     "optimizer.lr": (lambda v: v > 0, "a number > 0"),
     "optimizer.backbone_lr": (lambda v: v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
@@ -132,6 +143,12 @@ RANGES: dict[str, tuple[Any, str]] = {
     "scheduler.gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "scheduler.pct_start": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.accumulate": (lambda v: v >= 1, "an integer >= 1 (micro-batches per optimizer step)"),
+    "train.ema.decay": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "train.early_stopping.patience": (lambda v: v >= 1, "an integer >= 1 (epochs)"),
+    "train.early_stopping.min_delta": (lambda v: v >= 0, "a number >= 0"),
+    "scheduler.warmup_epochs": (lambda v: v >= 0, "a number of epochs >= 0"),
+    "scheduler.warmup_steps": (lambda v: v >= 0, "an integer >= 0 (optimizer steps)"),
     "train.max_steps": (lambda v: v >= 1, "an integer >= 1"),
     "train.tensorboard_every": (lambda v: v >= 1, "an integer >= 1 (optimizer steps)"),
     "train.dist_timeout": (lambda v: v > 0, "a number > 0 (seconds)"),
@@ -160,6 +177,8 @@ NEW_RUNS_ONLY = frozenset(
 def get_value(cfg: Any, dotted: str) -> Any:
     """Read a dotted key from a config object."""
     for part in dotted.split("."):
+        if cfg is None:  # inside a section that is off (null): the key has no value
+            return None
         cfg = getattr(cfg, part)
     return cfg
 
@@ -188,6 +207,9 @@ def unused_keys(cfg: Config) -> dict[str, str]:
             family = f" (family '{registry[name].name}')" if registry is MODELS else ""
             readers = "model families" if registry is MODELS else f"{kind}s"
             unused[key] = f"{kind} '{name}'{family} does not read it; {readers} that do: {', '.join(users)}"
+    if cfg.data.augment.policy != "randaugment":  # the one policy with settings
+        for key in ("data.augment.magnitude", "data.augment.num_ops"):
+            unused[key] = f"data.augment.policy '{cfg.data.augment.policy}' does not read it; randaugment does"
     return unused
 
 
@@ -232,6 +254,32 @@ def _combinations(cfg: Config, stored: bool = False) -> Problems:
                 "model.freeze: backbone with model.pretrained: false trains only the head on random features; "
                 "set model.freeze: none (train it all), or model.pretrained: true (needs the weights: download "
                 "or model.weights_path)",
+            )
+        )
+    aug = data.augment
+    if (aug.mixup or aug.cutmix) and cfg.loss.name == "nll":
+        problems.append(
+            (
+                "data.augment.mixup" if aug.mixup else "data.augment.cutmix",
+                "mixup and cutmix train on soft targets, which loss.name nll cannot take; use cross_entropy",
+            )
+        )
+    if cfg.train.accumulate > 1 and cfg.train.on_nan == "skip":
+        problems.append(
+            (
+                "train.on_nan",
+                "train.on_nan: skip cannot drop one micro-batch of an accumulated step; use on_nan: stop with "
+                "train.accumulate",
+            )
+        )
+    sched = cfg.scheduler
+    if sched.warmup_epochs and sched.warmup_steps:
+        problems.append(("scheduler.warmup_steps", "set one of scheduler.warmup_epochs and scheduler.warmup_steps"))
+    if sched.name == "onecycle" and (sched.warmup_epochs or sched.warmup_steps):
+        problems.append(
+            (
+                "scheduler.warmup_epochs" if sched.warmup_epochs else "scheduler.warmup_steps",
+                "scheduler onecycle warms up by itself (scheduler.pct_start); leave scheduler.warmup_* at 0",
             )
         )
     if data.name == "image_folder" and not data.train_dir:

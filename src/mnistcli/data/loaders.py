@@ -26,7 +26,7 @@ from ..utils.errors import UserError
 from .datasets import DATASETS, check_same_classes, load_split
 from .image_folder import Unreadable, report_unreadable, warn_skipped
 from .input_spec import InputSpec
-from .pipeline import BatchTransform, SampleTransform
+from .pipeline import BatchMix, BatchTransform, SampleTransform
 from .subsets import part_settings, select_parts, take, targets_of
 
 if TYPE_CHECKING:
@@ -42,17 +42,23 @@ Tensors = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 
 class EpochOrder(Sampler[int]):
     """Sample indices in a seeded random (or natural) order; can start part-way through, to resume mid-epoch."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int, weights: torch.Tensor | None = None) -> None:
         self.n, self.shuffle = n, shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.skip = 0  # samples of the next epoch already consumed before an interruption
+        self.weights = weights  # data.sampler balanced: each sample's chance of being drawn, with replacement
 
     def __len__(self) -> int:
         return max(self.n - self.skip, 0)  # a resume at the end of an epoch's training skips it all
 
     def indices(self) -> torch.Tensor:
         """This epoch's order, minus the skipped start; advances the generator once per epoch."""
-        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        if self.weights is not None:  # n draws with replacement: an epoch is as long as the split
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=self.generator)
+        elif self.shuffle:
+            order = torch.randperm(self.n, generator=self.generator)
+        else:
+            order = torch.arange(self.n)
         start, self.skip = self.skip, 0
         return order[start:]
 
@@ -99,6 +105,7 @@ class DeviceBatches:
         self.dataset_size = self.order.n
         self.loss_weight, self.left = 1.0, 0
         self.reported: set[str] = set()  # files already warned about: each once per run
+        self.mix: BatchMix | None = None  # training batches under mixup/cutmix: labels become soft targets
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -114,10 +121,8 @@ class DeviceBatches:
             read += len(y)
             x = x.to(self.device, non_blocking=True)  # non_blocking pays off with pinned memory on CUDA
             y = y.to(self.device, non_blocking=True)
-            if not self.world.active:
-                yield self.transform(x, self.generator), y
-                continue
-            yield self._local(x, y)
+            x, y = (self.transform(x, self.generator), y) if not self.world.active else self._local(x, y)
+            yield self.mix(x, y, self.generator) if self.mix is not None else (x, y)
         if skipped:
             warn_skipped(skipped, read)
 
@@ -213,6 +218,12 @@ def _to_tensors(ds: Any, spec: InputSpec) -> Tensors:
     return images, targets
 
 
+def balanced_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Each sample's chance under data.sampler balanced: 1 / its class's count, so every class is drawn alike."""
+    counts = torch.bincount(targets)
+    return (1.0 / counts.double())[targets]
+
+
 def collate_readable(samples: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor, list[Unreadable]]:
     """Stack the samples that were read; pass on, with them, those whose file could not be decoded."""
     bad = [image for image, _ in samples if isinstance(image, Unreadable)]
@@ -278,17 +289,20 @@ def make_batches(
     channels_last: bool = False,
     world: World = SINGLE,
     transform: Any = None,
+    num_classes: int = 0,
 ) -> DeviceBatches:
     """Wrap one opened split into device batches: shuffled and augmented when `train`. Under torchrun training
     batches are split across ranks; evaluation takes this rank's contiguous share of the split (each image once).
-    `transform`: what turns a batch into network input instead of the image pipeline (cached features: nothing)."""
+    `transform`: what turns a batch into network input instead of the image pipeline (cached features: nothing);
+    `num_classes`: the soft targets' width under mixup/cutmix."""
     batch = cfg.data.batch_size if train else cfg.data.eval_batch_size
     n = len(src[1]) if isinstance(src, tuple) else len(src)
     if world.active and not train:
         src = take(src, torch.arange(n)[world.part(n)])
         n = len(src[1]) if isinstance(src, tuple) else len(src)
         world = SINGLE  # evaluation batches are this rank's own: nothing further to split
-    order = EpochOrder(n, shuffle=train, seed=cfg.seed)
+    balanced = train and cfg.data.sampler == "balanced"  # images or their cached features: the same order
+    order = EpochOrder(n, shuffle=train, seed=cfg.seed, weights=balanced_weights(targets_of(src)) if balanced else None)
     # a final batch of one sample breaks batch norm in training; one smaller than the ranks would leave one empty
     drop_last = train and (n % batch == 1 or 0 < n % batch < world.size)
     if isinstance(src, tuple):
@@ -314,6 +328,11 @@ def make_batches(
             # stay the same whether a split is read by workers, held in memory or replaced by cached features
             generator=torch.Generator().manual_seed(cfg.seed),
         )
+    aug = cfg.data.augment
+    mixed = train and transform is None and bool(aug.mixup or aug.cutmix)
     if transform is None:
-        transform = BatchTransform(spec, cfg.data.augment if train else None, channels_last)
-    return DeviceBatches(loader, transform, device, cfg.seed, world)
+        transform = BatchTransform(spec, aug if train else None, channels_last)
+    batches = DeviceBatches(loader, transform, device, cfg.seed, world)
+    if mixed:
+        batches.mix = BatchMix(aug, num_classes)
+    return batches

@@ -69,6 +69,33 @@ def network_input(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return normalized(resized_input(x, spec), spec)
 
 
+TTA_MODES = ("none", "flip", "shift", "flip+shift")  # test-time augmentation: eval --tta, predict --tta, export --tta
+TTA_SHIFT = 1 / 16  # of the input's shorter side: a shift of 2 px on 28x28, 14 px on 224x224
+
+
+def check_tta(mode: str) -> str:
+    """A --tta choice, or one line listing them."""
+    if mode not in TTA_MODES:
+        raise UserError(f"unknown --tta '{mode}'{closest(mode, TTA_MODES)}; allowed: {', '.join(TTA_MODES)}")
+    return mode
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """The views of a network-input batch that test-time augmentation averages over: the batch itself; mirrored
+    left-right (flip); moved up, down, left and right by TTA_SHIFT of a side, edges repeated (shift). Flipping and
+    shifting commute with the per-channel normalization, so the views are of the network input itself."""
+    views = [x]
+    if "flip" in mode:
+        views.append(x.flip(-1))
+    if "shift" in mode:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        d = max(1, round(min(h, w) * TTA_SHIFT))
+        padded = F.pad(x, (d, d, d, d), mode="replicate")
+        for top, left in ((0, d), (2 * d, d), (d, 0), (d, 2 * d)):
+            views.append(padded[..., top : top + h, left : left + w])
+    return views
+
+
 def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
     """n draws from U(low, high) on the CPU generator (keeps runs reproducible on every device)."""
     return low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
@@ -80,6 +107,12 @@ class BatchTransform:
     def __init__(self, spec: InputSpec, augment: AugmentConfig | None, channels_last: bool = False) -> None:
         self.spec, self.augment, self.channels_last = spec, augment, channels_last
         self.crop_default = spec.resize == "crop"  # pretrained presets crop and flip by default
+        self.policy = _policy(augment) if augment is not None and augment.policy != "none" else None
+        self.erasing = None
+        if augment is not None and augment.erasing > 0:
+            from torchvision.transforms import v2
+
+            self.erasing = v2.RandomErasing(p=augment.erasing)  # on normalized input: the rectangle becomes 0
 
     def _crop_flip(self) -> tuple[list[float] | None, bool]:
         """The random resized crop's area range (None: no crop) and whether images flip, presets' defaults applied."""
@@ -93,13 +126,19 @@ class BatchTransform:
     @property
     def random(self) -> bool:
         """Whether a batch's input depends on random draws: False means `network_input`, a pure function."""
+        aug = self.augment
+        mixed = aug is not None and bool(aug.mixup or aug.cutmix or self.policy or self.erasing)
+        return self._geometric() or mixed
+
+    def _geometric(self) -> bool:
+        """Whether the affine resample draws anything (crop, flip, rotation, shear, scale, translate)."""
         aug, (crop, flip) = self.augment, self._crop_flip()
         return aug is not None and bool(crop or flip or aug.rotation or aug.shear or aug.scale or aug.translate)
 
     def _affine(self, n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor | None:
         """Per-sample 3x3 maps from output to input coordinates (normalized to [-1, 1]), or None if identity."""
         aug, (crop, flip) = self.augment, self._crop_flip()
-        if aug is None or not self.random:
+        if aug is None or not self._geometric():
             return None
         eye = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
         m = eye.clone()
@@ -132,6 +171,8 @@ class BatchTransform:
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """Apply to a stored uint8 (N, C, H, W) batch already on its device."""
         n, (out_h, out_w) = x.shape[0], self.spec.size
+        if self.policy is not None:  # per image on the stored uint8 pixels (torch's global RNG: seeded, resumed)
+            x = torch.stack([self.policy(image) for image in x])
         theta = self._affine(n, out_h, out_w, gen or torch.default_generator)
         if theta is None:
             x = network_input(x, self.spec)
@@ -141,9 +182,43 @@ class BatchTransform:
             grid = F.affine_grid(theta[:, :2].to(x.device, torch.float32), size, align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             x = normalized(x, self.spec)
+        if self.erasing is not None:
+            x = torch.stack([self.erasing(image) for image in x])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def _policy(augment: AugmentConfig) -> Any:
+    """torchvision's augmentation policy a config names, for one uint8 image at a time."""
+    from torchvision.transforms import v2
+
+    if augment.policy == "randaugment":
+        return v2.RandAugment(num_ops=augment.num_ops, magnitude=augment.magnitude)
+    if augment.policy == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+
+
+class BatchMix:
+    """mixup and cutmix (torchvision's) on a training batch of network input: images blended or patched in pairs,
+    labels become the matching soft targets. With both on, each batch takes one of them, 50/50; whether a batch
+    is mixed at all (`prob`) is drawn from the run's augmentation generator, the ratio by torchvision."""
+
+    def __init__(self, augment: AugmentConfig, num_classes: int) -> None:
+        from torchvision.transforms import v2
+
+        self.choices = []
+        for setting, kind in ((augment.mixup, v2.MixUp), (augment.cutmix, v2.CutMix)):
+            if setting is not None:
+                self.choices.append((kind(alpha=setting.alpha, num_classes=num_classes), setting.prob))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = int(torch.randint(len(self.choices), (1,), generator=gen)) if len(self.choices) > 1 else 0
+        mix, prob = self.choices[pick]
+        if float(torch.rand(1, generator=gen)) >= prob:
+            return x, y
+        return mix(x, y)
 
 
 MODES = ("auto", "mnist", "none")

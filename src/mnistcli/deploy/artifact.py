@@ -9,6 +9,7 @@ hold a graph of operators and run no Python code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import warnings
@@ -26,6 +27,8 @@ from ..utils.extras import require
 
 FORMAT = "mnistcli-export"  # the marker every export's metadata carries
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
 META_FILE = "mnistcli.json"  # TorchScript: the extra file (in the archive's extra/ folder) holding the metadata
 META_KEY = "mnistcli"  # ONNX: the metadata_props key holding the same JSON
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
@@ -127,7 +130,7 @@ def _torchscript(path: Path, device: torch.device) -> ExportedModel:
         with torch.inference_mode():
             return module(x.to(device)).float().cpu()
 
-    return ExportedModel(path, "torchscript", meta, spec, meta["classes"], run)
+    return _checked(ExportedModel(path, "torchscript", meta, spec, meta["classes"], run))
 
 
 def _onnx(path: Path) -> ExportedModel:
@@ -145,11 +148,77 @@ def _onnx(path: Path) -> ExportedModel:
         raise UserError(f"{path}: an ONNX model without mnistcli metadata; write one with `mnistcli export`")
     meta, spec = parse_metadata(text, path)
     feed, fetch = meta["input"]["name"], meta["output"]["name"]
+    _check_graph(path, meta, spec, session)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([fetch], {feed: x.cpu().numpy()})[0]).float()
 
-    return ExportedModel(path, "onnx", meta, spec, meta["classes"], run)
+    return _checked(ExportedModel(path, "onnx", meta, spec, meta["classes"], run))
+
+
+def _check_graph(path: Path, meta: dict[str, Any], spec: InputSpec, session: Any) -> None:
+    """The ONNX graph's own input and output (names, element type, fixed sizes) agree with its metadata."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    feed, fetch = meta["input"]["name"], meta["output"]["name"]
+    if feed not in inputs or fetch not in outputs:
+        graph = f"inputs {sorted(inputs)}, outputs {sorted(outputs)}"
+        raise UserError(f"{path}: the metadata names input '{feed}' and output '{fetch}' but the graph has {graph}")
+    want = "tensor(uint8)" if meta["input"]["kind"] == "uint8" else "tensor(float)"
+    if inputs[feed].type != want:
+        raise UserError(
+            f"{path}: the metadata says {meta['input']['kind']} input but the graph takes {inputs[feed].type}"
+        )
+    _check_sizes(path, "input", inputs[feed].shape[1:], list(spec.stored))
+    _check_sizes(path, "output", outputs[fetch].shape[1:], [len(meta["classes"])])
+
+
+def _check_sizes(path: Path, what: str, graph: list[Any], expected: list[int]) -> None:
+    """Sizes beyond the batch that the graph fixes (symbolic ones are checked by running it) match the metadata."""
+    fixed = [g if isinstance(g, int) else None for g in graph]
+    if len(graph) != len(expected) or any(g is not None and g != e for g, e in zip(fixed, expected)):
+        shown = ", ".join(str(g) for g in graph)
+        raise UserError(
+            f"{path}: the graph's {what} is [batch, {shown}] but its metadata gives [batch, "
+            f"{', '.join(map(str, expected))}]{' (one output per class name)' if what == 'output' else ''}; the "
+            "file is inconsistent: export it again"
+        )
+
+
+def _checked(model: ExportedModel) -> ExportedModel:
+    """Run the file once on a blank image: it must give one finite probability per class its metadata names.
+    A sidecar FILE.json that says otherwise than the embedded metadata is named, and not used."""
+    blank = torch.zeros((1, *model.spec.stored), dtype=torch.uint8)
+    try:
+        out = model.probabilities(blank)
+    except Exception as exc:  # a runtime's own error for an input the graph does not take
+        raise UserError(
+            f"{model.path}: does not run on the input its metadata describes ({_first_line(exc)})"
+        ) from None
+    if out.dim() != 2 or out.shape[1] != len(model.classes):
+        raise UserError(
+            f"{model.path}: its metadata names {len(model.classes)} classes but the model gives "
+            f"{list(out.shape)} for one image; the file is inconsistent: export it again"
+        )
+    _compare_sidecar(model)
+    return model
+
+
+def _compare_sidecar(model: ExportedModel) -> None:
+    """Warn, in one line, when FILE.json beside the file disagrees with the metadata inside it (which is used)."""
+    sidecar = model.path.with_name(model.path.name + ".json")
+    try:
+        side = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no sidecar (or not one): the embedded metadata is all there is
+    if not isinstance(side, dict):
+        return
+    differ = sorted(k for k, v in model.meta.items() if k != "versions" and side.get(k) != v)
+    if differ:
+        log.warning(
+            "%s differs from the metadata inside %s (%s); the embedded metadata is used",
+            *(sidecar, model.path.name, ", ".join(differ)),
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data.input_spec import InputSpec
 from ..data.loaders import collate_readable
-from ..data.pipeline import mode_for, prepare_pixels
+from ..data.pipeline import check_tta, mode_for, prepare_pixels
 from ..data.preprocess import open_image
 from ..evaluation.scores import open_for_eval
 from ..runs.checkpoint import load_model
@@ -51,15 +51,18 @@ OPSET = 18  # ONNX opset: Resize's antialias attribute (the pipeline's antialias
 class ProbabilityModel(nn.Module):
     """Images at the stored shape (uint8, or float in [0, 1]) -> class probabilities, through predict's path."""
 
-    def __init__(self, model: nn.Module, spec: InputSpec, temperature: float, input_kind: str) -> None:
+    def __init__(
+        self, model: nn.Module, spec: InputSpec, temperature: float, input_kind: str, tta: str = "none"
+    ) -> None:
         super().__init__()
-        self.model, self.spec, self.temperature = model, spec, temperature
+        self.model, self.spec, self.temperature, self.tta = model, spec, temperature, tta
         self.float_input = input_kind == "float"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, classes): network_input, the model, softmax(output / temperature)."""
+        """Probabilities (N, classes): network_input, the model, softmax(output / temperature), averaged over the
+        test-time views when exported with --tta."""
         pixels = images * 255 if self.float_input else images  # network_input scales stored pixels by 1/255
-        return class_probabilities(self.model, pixels, self.spec, self.temperature)
+        return class_probabilities(self.model, pixels, self.spec, self.temperature, self.tta)
 
 
 def export_checkpoint(
@@ -69,10 +72,13 @@ def export_checkpoint(
     input_kind: str = "uint8",
     check_images: str | Path | None = None,
     device: str = "cpu",
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Write `out` (default beside the checkpoint) and `out`.json; nothing is written unless the file, loaded back
-    with its runtime, matches PyTorch on real images at every batch size tried. Returns paths, metadata, check."""
+    with its runtime, matches PyTorch on real images at every batch size tried. `tta`: the file averages its
+    probabilities over predict --tta's views. Returns paths, metadata, check."""
     ckpt = Path(ckpt)
+    check_tta(tta)
     target = _target(ckpt, fmt, out, input_kind)
     sidecar = target.with_name(target.name + ".json")
     dev = resolve_device(device, "--device")
@@ -80,12 +86,13 @@ def export_checkpoint(
     spec, temperature = info["input_spec"], info["temperature"]
     with torch.inference_mode():
         reference = torch.cat(
-            [class_probabilities(model, b.to(dev), spec, temperature).cpu() for b in images.split(256)]
+            [class_probabilities(model, b.to(dev), spec, temperature, tta).cpu() for b in images.split(256)]
         )
-    wrapper = ProbabilityModel(model, spec, temperature, input_kind).eval()
+    wrapper = ProbabilityModel(model, spec, temperature, input_kind, tta).eval()
     example = images[torch.arange(EXAMPLE_BATCH) % len(images)].to(dev)
     example = example.float().div(255) if input_kind == "float" else example
     meta = metadata(ckpt, info, fmt, input_kind)
+    meta["tta"] = tta
     write = _write_onnx if fmt == "onnx" else _write_torchscript
     new_folder = not target.parent.exists()
     writable_folder(target.parent, "--out")

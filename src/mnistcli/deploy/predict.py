@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data.image_folder import IMAGE_EXTENSIONS
 from ..data.input_spec import InputSpec
-from ..data.pipeline import mode_for, network_input, prepare_pixels, resized_input
+from ..data.pipeline import check_tta, mode_for, network_input, prepare_pixels, resized_input, tta_views
 from ..data.preprocess import MAX_PIXELS, open_image, save_pixels
 from ..runs.checkpoint import load_model
 from ..utils.errors import UserError
@@ -26,6 +26,9 @@ from ..utils.runtime import resolve_device
 BATCH = 256  # images per forward pass
 PATTERN_CHARS = frozenset("*?[")  # what makes an argument a glob pattern
 OUTPUT_FORMATS = (".csv", ".jsonl")
+NOT_A_NUMBER = (
+    "the model's output is not a number (NaN or inf) for this image, so it has no answer; its weights overflow"
+)
 CSV_COLUMNS = ["path", "label", "index", "probability", "topk"]  # then input_png (with --show-input) and error
 
 
@@ -38,10 +41,15 @@ def predict_images(
     device: str = "cpu",
     model_path: str | Path | None = None,
     max_pixels: int = MAX_PIXELS,
+    tta: str = "none",
 ) -> list[dict[str, Any]]:
     """One result per image (folders and patterns expanded): label, index, probability, top-k and `input_png` if
-    saved, or `error` if it failed. From a checkpoint (`ckpt_path`) or a file `mnistcli export` wrote (`model_path`)."""
+    saved, or `error` if it failed. From a checkpoint (`ckpt_path`) or a file `mnistcli export` wrote (`model_path`);
+    `tta`: probabilities averaged over flipped and/or shifted views (an export does what it was exported with)."""
     check_source(ckpt_path, model_path)
+    check_tta(tta)
+    if tta != "none" and model_path is not None:
+        raise UserError("--tta applies to --ckpt; an exported file averages what `mnistcli export --tta` built in")
     if topk < 1:
         raise UserError(f"--topk must be >= 1, got {topk}")
     if max_pixels < 1:
@@ -49,7 +57,7 @@ def predict_images(
     folder = None if show_input is None else input_folder(show_input)  # before the slow part, so a typo costs nothing
     paths = expand_images(paths)
     dev = resolve_device(device, "device")
-    spec, classes, probabilities = _classifier(ckpt_path, model_path, dev)
+    spec, classes, probabilities = _classifier(ckpt_path, model_path, dev, tta)
     mode = mode_for(spec, preprocess)
     results: list[dict[str, Any]] = []
     ready: list[tuple[int, torch.Tensor]] = []
@@ -67,7 +75,11 @@ def predict_images(
             chunk = ready[start : start + BATCH]
             probs = probabilities(torch.stack([px for _, px in chunk]))
             top_p, top_i = probs.topk(k, dim=1)
-            for (slot, _), p_row, i_row in zip(chunk, top_p.tolist(), top_i.tolist()):
+            finite = torch.isfinite(probs).all(1).tolist()
+            for (slot, _), p_row, i_row, ok in zip(chunk, top_p.tolist(), top_i.tolist(), finite):
+                if not ok:  # finite weights can still overflow on an image: NaN is no answer
+                    results[slot]["error"] = f"{results[slot]['path']}: {NOT_A_NUMBER}"
+                    continue
                 top = [{"label": classes[i], "index": i, "probability": p} for p, i in zip(p_row, i_row)]
                 results[slot].update(
                     label=top[0]["label"], index=top[0]["index"], probability=top[0]["probability"], topk=top
@@ -83,15 +95,19 @@ def check_source(ckpt_path: str | Path | None, model_path: str | Path | None) ->
         raise UserError("give exactly one of --ckpt PATH (a checkpoint) and --model FILE (an exported model)")
 
 
-def class_probabilities(model: nn.Module, pixels: torch.Tensor, spec: InputSpec, temperature: float) -> torch.Tensor:
-    """Stored uint8 pixels (N, C, H, W) on the model's device -> class probabilities: predict's (and export's) path."""
-    out = model(network_input(pixels, spec)).float()
+def class_probabilities(
+    model: nn.Module, pixels: torch.Tensor, spec: InputSpec, temperature: float, tta: str = "none"
+) -> torch.Tensor:
+    """Stored uint8 pixels (N, C, H, W) on the model's device -> class probabilities: predict's (and export's) path;
+    `tta`: averaged over the test-time views of each image (pipeline.tta_views)."""
+    views = tta_views(network_input(pixels, spec), tta)
     # calibrated: softmax(output / T); for log-softmax models softmax(log p / T) is p^(1/T) renormalised
-    return (out / temperature).softmax(1)
+    probs = [(model(view).float() / temperature).softmax(1) for view in views]
+    return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
 def _classifier(
-    ckpt_path: str | Path | None, model_path: str | Path | None, dev: torch.device
+    ckpt_path: str | Path | None, model_path: str | Path | None, dev: torch.device, tta: str = "none"
 ) -> tuple[InputSpec, list[str], Callable[[torch.Tensor], torch.Tensor]]:
     """Input spec, class names and a (uint8 batch on the CPU -> probabilities) function of a checkpoint or export."""
     if model_path is not None:
@@ -101,7 +117,7 @@ def _classifier(
         return exported.spec, exported.classes, exported.probabilities
     model, info = load_model(ckpt_path, dev)
     spec, temperature = info["input_spec"], info["temperature"]
-    return spec, info["classes"], lambda pixels: class_probabilities(model, pixels.to(dev), spec, temperature)
+    return spec, info["classes"], lambda pixels: class_probabilities(model, pixels.to(dev), spec, temperature, tta)
 
 
 def expand_images(args: Iterable[str | Path]) -> list[Path]:

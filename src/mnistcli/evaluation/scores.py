@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config.schema import Config, load_config
 from ..data.loaders import make_batches, open_splits
+from ..data.pipeline import check_tta, tta_views
 from ..data.subsets import part_settings, targets_of
 from ..engine import evaluate
 from ..losses import eval_loss
@@ -48,6 +49,20 @@ class Tempered(nn.Module):
         return out.log_softmax(1) if self.log_probs else out
 
 
+class Averaged(nn.Module):
+    """Test-time augmentation: the mean of softmax(output / temperature) over the views of each image
+    (pipeline.tta_views), as log-probabilities (what `eval` scores its loss on)."""
+
+    def __init__(self, model: nn.Module, temperature: float, mode: str) -> None:
+        super().__init__()
+        self.model, self.temperature, self.mode = model, temperature, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """log of the averaged probabilities (a log-softmax model's log p renormalises alike)."""
+        probs = torch.stack([(self.model(v).float() / self.temperature).softmax(1) for v in tta_views(x, self.mode)])
+        return probs.mean(0).clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
 @dataclass
 class Opened:
     """A checkpoint's model and one split of its dataset, ready to evaluate."""
@@ -60,12 +75,18 @@ class Opened:
     data: Any  # the opened split: (uint8 images, labels) tensors or a dataset yielding uint8 samples
     device: torch.device
 
-    def outputs(self, temperature: float = 1.0, progress: bool = False, desc: str | None = None) -> dict[str, Any]:
-        """engine.evaluate over the split, outputs divided by `temperature`, every image's output and label kept."""
+    def outputs(
+        self, temperature: float = 1.0, progress: bool = False, desc: str | None = None, tta: str = "none"
+    ) -> dict[str, Any]:
+        """engine.evaluate over the split, outputs divided by `temperature` (`tta`: probabilities averaged over the
+        test-time views, as log-probabilities), every image's output and label kept."""
         log_probs = outputs_log_probs(self.info["arch"])
         world = ddp.launched()  # under torchrun: this rank's contiguous share of the split, each image once
-        model, batches = self._batches(world, progress)
-        model = model if temperature == 1.0 else Tempered(model, temperature, log_probs)
+        model, batches = self._batches(world, progress, images=tta != "none")
+        if tta != "none":
+            model, log_probs = Averaged(model, temperature, tta), True
+        elif temperature != 1.0:
+            model = Tempered(model, temperature, log_probs)
         width, desc = len(self.info["classes"]), desc or f"eval {self.split}"
         res = evaluate(
             *(model, batches, eval_loss(log_probs), self.device, width),
@@ -79,12 +100,12 @@ class Opened:
             res["outputs"], res["targets"] = (torch.cat([share[i] for share in shares]) for i in (0, 1))
         return res
 
-    def _batches(self, world: ddp.World, progress: bool) -> tuple[nn.Module, Any]:
+    def _batches(self, world: ddp.World, progress: bool, images: bool = False) -> tuple[nn.Module, Any]:
         """What to run over which batches: a backbone model's head over the split's features (read from the run
-        folder's cache, or computed and kept there when the checkpoint lies in its run folder), else the model
-        over the images."""
+        folder's cache, or computed and kept there when the checkpoint lies in its run folder), else (`images`:
+        test-time augmentation needs them) the model over the images."""
         spec = self.info["input_spec"]
-        if not family_of(self.info["arch"]).transfer or world.active:
+        if not family_of(self.info["arch"]).transfer or world.active or images:
             return self.model, make_batches(self.data, self.cfg, spec, self.device, False, world=world)
         folder = self.path.parent
         features = split_features(
@@ -151,10 +172,12 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = False,
     part: bool = False,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Evaluate on `split` ('val'/'train' are the seeded split the run used); data_root relocates the data; `part`:
-    only the part of the split a run on data.fraction/data.limit used (by default the whole split)."""
-    return eval_details(ckpt_path, split, data_root, device, progress, part).report
+    only the part of the split a run on data.fraction/data.limit used (by default the whole split); `tta`:
+    test-time augmentation (none, flip, shift, flip+shift)."""
+    return eval_details(ckpt_path, split, data_root, device, progress, part, tta=tta).report
 
 
 def eval_details(
@@ -165,11 +188,14 @@ def eval_details(
     progress: bool = False,
     part: bool = False,
     mistakes: int = MISTAKES,
+    tta: str = "none",
 ) -> EvalDetails:
-    """evaluate_checkpoint's report, plus every image's result and the `mistakes` most confident errors."""
+    """evaluate_checkpoint's report, plus every image's result and the `mistakes` most confident errors; `tta`:
+    probabilities averaged over flipped and/or shifted views of each image (predict --tta does the same)."""
+    check_tta(tta)
     run = open_for_eval(ckpt_path, split, data_root, device, part)
     classes, temperature = run.info["classes"], run.info["temperature"]
-    res = run.outputs(temperature, progress)
+    res = run.outputs(temperature, progress, tta=tta)
     predicted = res["outputs"].argmax(1)  # the prediction engine.evaluate scored
     probs = res["outputs"].double().softmax(1)  # log-probabilities too: softmax renormalises exp(log p)
     conf = probs.gather(1, predicted[:, None])[:, 0].numpy()
@@ -186,6 +212,7 @@ def eval_details(
         **_scores(confusion_matrix(true, pred, len(classes)), classes),
         "ece": expected_calibration_error(conf, correct, ECE_BINS),
         "temperature": temperature,
+        "tta": tta,
     }
     size = len(run.data[1]) if isinstance(run.data, tuple) else len(run.data)
     worst = _most_confident_mistakes(conf, correct, size, mistakes)

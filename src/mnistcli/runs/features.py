@@ -54,9 +54,10 @@ def cache_off(cfg: Config, random_input: bool, distributed: bool) -> str | None:
         return "train.feature_cache is false; the backbone runs on every image every epoch"
     if random_input:
         return (
-            "data.augment draws random crops, flips or shifts (pretrained presets crop and flip by default), so the "
-            "backbone runs on every image every epoch; with data.augment.resized_crop: false, data.augment.hflip: "
-            "false and no rotation, translate, scale or shear it would run once per split"
+            "data.augment draws at random (crops, flips, shifts, policies, erasing or mixing; pretrained presets "
+            "crop and flip by default), so the backbone runs on every image every epoch; with "
+            "data.augment.resized_crop: false, data.augment.hflip: false and no other random augmentation it would "
+            "run once per split"
         )
     if distributed:
         return "not computed under torchrun; the backbone runs on every image every epoch"

@@ -294,3 +294,20 @@ def reliability_figure(confidences: np.ndarray, correct: np.ndarray, bins: int =
 def save_reliability(confidences: np.ndarray, correct: np.ndarray, out: Path, bins: int = 15) -> Path:
     """Draw the reliability diagram of top-class confidences and whether each was right into the PNG file `out`."""
     return save_figure(reliability_figure(confidences, correct, bins), out)
+
+
+# ---- the learning-rate range test -----------------------------------------------------------------------------
+
+
+def lr_find_figure(result: dict[str, Any]) -> Any:
+    """`mnistcli lr-find`'s curve: the smoothed training loss against the learning rate (log axis), the suggested
+    rate and the lowest loss's rate marked."""
+    fig = _figure("drawing the lr-find curve", figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    ax.plot(result["lrs"], result["losses"], color="tab:blue", label="training loss (smoothed)")
+    ax.set_xscale("log")
+    ax.axvline(result["suggestion"], color="tab:red", linestyle="--", label=f"suggested lr {result['suggestion']:.2g}")
+    ax.axvline(result["lowest"], color="gray", linestyle=":", label=f"lowest loss at {result['lowest']:.2g}")
+    ax.set(xlabel="learning rate", ylabel="training loss", title=f"lr-find: {result['name']} ({result['optimizer']})")
+    ax.legend()
+    return fig

@@ -51,10 +51,13 @@ def imbalance(split: str, counts: dict[str, int]) -> str | None:
         return f"{split} split is imbalanced: class '{small}' has no images ('{large}' has {n_large})"
     if n_large <= IMBALANCE * n_small:
         return None
-    return (
+    line = (
         f"{split} split is imbalanced: class '{large}' has {n_large} images, {n_large / n_small:.1f}x the "
         f"{n_small} of '{small}' (more than {IMBALANCE}x)"
     )
+    if split == "train" and n_small * 10 < n_large:  # under a tenth: worth correcting in training
+        line += "; consider loss.class_weights: auto or data.sampler: balanced"
+    return line
 
 
 def log_counts(counts: dict[str, dict[str, int]]) -> list[str]:

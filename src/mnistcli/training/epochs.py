@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..runs.checkpoint import outputs_log_probs, payload, save_checkpoint
 from ..runs.folder import BEST, INTERRUPTED, LAST, append_metrics, start_metrics
 from ..runs.views import RunViews
 from ..utils import distributed as ddp
+from ..utils.errors import UserError
 from ..utils.progress import Display
 from .resume import resume_state
 from .state import Run, unfreeze
@@ -31,22 +33,51 @@ class TrainingInterrupted(Exception):
 
 
 def _checkpoint(run: Run, epoch: int, resume: dict[str, Any] | None) -> dict[str, Any]:
-    """The checkpoint payload of the run as it stands."""
+    """The checkpoint payload of the run as it stands: the weights' average when train.ema is on (what eval,
+    predict and export use), the trained weights in the resume state."""
     metrics = {
         **(run.rows[-1] if run.rows else {}),
         "best_val_acc": run.best["val_acc"],
         "best_epoch": run.best["epoch"],
     }
-    return payload(
-        run.model, run.arch, run.classes, run.spec.to_dict(), epoch, metrics, run.cfg.to_dict(), run.versions, resume
+    model = run.average.model if run.average is not None else run.model
+    spec, config = run.spec.to_dict(), run.cfg.to_dict()
+    return payload(model, run.arch, run.classes, spec, epoch, metrics, config, run.versions, resume)
+
+
+def stalled(cfg: Config, rows: list[dict[str, Any]]) -> str | None:
+    """Why train.early_stopping ends the run after these epochs' rows, or None: its metric has not improved by
+    more than min_delta for `patience` epochs (a pure function of the rows, so a resume decides alike)."""
+    rule = cfg.train.early_stopping
+    if rule is None or not rows:
+        return None
+    sign = 1.0 if rule.metric == "val_acc" else -1.0  # accuracy must rise, loss fall
+    best, best_epoch, since = -math.inf, 0, 0
+    for row in rows:
+        value = sign * row[rule.metric]
+        if value > best + rule.min_delta:
+            best, best_epoch, since = value, row["epoch"], 0
+        else:
+            since += 1
+    if since < rule.patience:
+        return None
+    return (
+        f"{rule.metric} has not improved by more than {rule.min_delta:g} for {since} epochs "
+        f"(best {sign * best:.4f} at epoch {best_epoch})"
     )
 
 
 def run_epochs(run: Run, progress: Display | bool, received: list[int], views: RunViews) -> dict[str, Any]:
     """The epochs: train, validate, log, checkpoint; a stop (in training or validation) writes interrupted.pt."""
     cfg, main = run.cfg, run.world.main
+    if stalled(cfg, run.rows):  # a resume of a run early stopping ended: nothing to train until patience grows
+        raise UserError(
+            f"--resume: early stopping ended this run at epoch {run.epoch} ({stalled(cfg, run.rows)}); raise "
+            "train.early_stopping.patience, or set train.early_stopping: null, to train on"
+        )
     if main:
         start_metrics(run.out, run.rows, run.versions)
+    stopped_early = None
     for epoch in range(run.epoch + 1, cfg.train.epochs + 1):
         if cfg.train.unfreeze_at_epoch == epoch and not run.backbone_trains:
             unfreeze(run)
@@ -88,9 +119,14 @@ def run_epochs(run: Run, progress: Display | bool, received: list[int], views: R
         if budget is not None and tr["partial"]["batches"] >= budget:
             log.info("train.max_steps %d reached in epoch %d: the run ends here", cfg.train.max_steps, epoch)
             break
+        why = stalled(cfg, run.rows)
+        if why is not None:
+            log.info("early stopping: %s; the run ends here, best.pt holds epoch %d", why, run.best["epoch"])
+            stopped_early = epoch
+            break
     if main:  # the run is complete: nothing left to resume
         (run.out / INTERRUPTED).unlink(missing_ok=True)
-    summary = _summary(run)
+    summary = {**_summary(run), "stopped_early": stopped_early}
     if run.setup.stop.is_set():  # said in the summary, so a sweep does not start its next run
         log.warning("the stop came as the last epoch ended: the run is complete")
         summary["stopped"] = received[0] if received else signal.SIGINT
@@ -101,13 +137,14 @@ def _steps_left(run: Run, epoch: int) -> int | None:
     """Batches epoch `epoch` may train under train.max_steps (None: no limit); earlier epochs ran in full."""
     if run.cfg.train.max_steps is None:
         return None
-    return run.cfg.train.max_steps - (epoch - 1) * run.schedule.steps
+    steps = run.cfg.train.max_steps - (epoch - 1) * run.schedule.steps  # optimizer steps left
+    return steps * run.cfg.train.accumulate  # micro-batches
 
 
 def _evaluate_val(run: Run, epoch: int, progress: Display | bool) -> dict[str, Any] | None:
     """Validate after an epoch with the plain loss `eval` reports; None when a stop came part-way (dropped)."""
-    va = evaluate(  # under torchrun: the plain model on this rank's share (DDP's forward would sync buffers)
-        run.model if run.world.active else run.step_model,
+    va = evaluate(
+        run.eval_model,
         run.val_batches,
         eval_loss(outputs_log_probs(run.arch)),
         run.device,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..utils.distributed import SINGLE, STOP_CHECK_EVERY_CUDA, AgreedStop, World
 from ..utils.progress import Display
 from ..utils.runtime import amp_dtype
 from ..utils.stopwatch import Stopwatch
+from .averaging import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,22 @@ class Run:
     world: World = SINGLE  # this process's rank among torchrun's processes
     watch: Stopwatch = field(default_factory=Stopwatch)  # seconds by phase: training, validation, checkpoints
     image_batches: tuple[DeviceBatches, DeviceBatches] | None = None  # kept while cached features stand in for them
+    average: WeightAverage | None = None  # train.ema: the moving average of the weights
 
     @property
     def family(self) -> ModelFamily:
         """The model's registry entry."""
         return family_of(self.arch)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation runs: the weights' average (train.ema) or the model, their head on cached features;
+        under torchrun the plain module (DDP's forward would sync buffers); else what the loop calls."""
+        if self.average is not None:
+            return self.average.model.head if self.image_batches is not None else self.average.model
+        if self.world.active:
+            return self.model.head if self.image_batches is not None else self.model
+        return self.step_model if self.step_model is not None else self.model
 
     @property
     def backbone_trains(self) -> bool:
@@ -82,7 +95,7 @@ def build_run_model(
     return model
 
 
-def _param_groups(model: nn.Module, family: ModelFamily, cfg: Config) -> list[dict[str, Any]]:
+def param_groups_of(model: nn.Module, family: ModelFamily, cfg: Config) -> list[dict[str, Any]]:
     """Trainable parameters only; a transfer model's backbone gets its own group and lr."""
     if family.transfer:
         from ..models.backbones import param_groups
@@ -101,17 +114,24 @@ def new_run(
     model: nn.Module,
     batches: tuple[DeviceBatches, DeviceBatches],
     world: World = SINGLE,
+    class_counts: list[int] | None = None,
 ) -> Run:
-    """Optimizer, schedule, scaler and loss around a fresh model and its (train, val) batches; under torchrun the
-    loop calls the model through DistributedDataParallel and all ranks agree on a stop."""
+    """Optimizer, schedule, scaler and loss around a fresh model and its (train, val) batches (`class_counts`: the
+    training images per class, for loss.class_weights); under torchrun the loop calls the model through
+    DistributedDataParallel and all ranks agree on a stop."""
     dtype = amp_dtype(cfg.train.amp, device)
-    optimizer = build_optimizer(_param_groups(model, family_of(arch), cfg), cfg.optimizer)
-    schedule = LRSchedule(optimizer, cfg.scheduler, cfg.train.epochs, len(batches[0]), cfg.train.max_steps)
+    optimizer = build_optimizer(param_groups_of(model, family_of(arch), cfg), cfg.optimizer)
+    steps = math.ceil(len(batches[0]) / cfg.train.accumulate)  # optimizer steps per epoch
+    schedule = LRSchedule(optimizer, cfg.scheduler, cfg.train.epochs, steps, cfg.train.max_steps)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    setup = StepSetup(build_loss(cfg.loss), optimizer, schedule, scaler, dtype, cfg.train.grad_clip, cfg.train.on_nan)
+    loss = build_loss(cfg.loss, class_counts).to(device)
+    setup = StepSetup(loss, optimizer, schedule, scaler, dtype, cfg.train.grad_clip, cfg.train.on_nan)
+    setup.accumulate = cfg.train.accumulate
     if world.active:
         setup.stop = AgreedStop(STOP_CHECK_EVERY_CUDA if device.type == "cuda" else 1)
     run = Run(cfg, out, device, spec, arch, classes, model, *batches, setup, schedule, world=world)
+    if cfg.train.ema is not None:
+        run.average = setup.average = WeightAverage(model, cfg.train.ema.decay, cfg.train.ema.warmup)
     _wrap(run)
     return run
 

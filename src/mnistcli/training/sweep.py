@@ -228,7 +228,7 @@ def _prepare(run: SweepRun, recorded: dict[str, int], results: dict[str, dict[st
             return []
         # finished: all its epochs, or (train.max_steps) the epochs an earlier sweep.csv recorded when it ended
         limited = run.cfg.train.max_steps is not None and recorded.get(run.name) == (done or {}).get("epochs")
-        if done is not None and (done["epochs"] >= run.cfg.train.epochs or limited):
+        if done is not None and (done["epochs"] >= run.cfg.train.epochs or limited or done["stopped_early"]):
             run.state, results[run.name] = "finished", done
         else:
             run.state = "resume"
@@ -258,7 +258,8 @@ TABLE = "sweep.csv"
 
 
 # after the grid's keys; best_val_loss: val_loss at best_epoch; seconds: the epochs' own; run: the folder's name
-RESULT_COLUMNS = ["best_val_acc", "best_val_loss", "best_epoch", "epochs", "seconds", "run"]
+RESULT_COLUMNS = ["best_val_acc", "best_val_loss", "best_epoch", "epochs", "stopped_early", "seconds", "run"]
+EARLIER_COLUMNS = {"best_val_acc", "best_val_loss", "best_epoch", "epochs", "seconds", "run"}  # sweep.csv before
 
 
 def yaml_text(value: Any) -> str:
@@ -274,13 +275,18 @@ def outcome(last: Path) -> dict[str, Any] | None:
 
     if not last.is_file():
         return None
+    from ..config.schema import load_config
+    from .epochs import stalled
+
     ckpt = load_checkpoint(last)
     rows, best = (ckpt.get("resume") or {}).get("rows") or [], ckpt["metrics"]["best_epoch"]
+    early = stalled(load_config(ckpt["config"], stored=True), rows) is not None
     return {
         "best_val_acc": ckpt["metrics"]["best_val_acc"],
         "best_val_loss": next((row["val_loss"] for row in rows if row["epoch"] == best), None),
         "best_epoch": best,
         "epochs": ckpt["epoch"],
+        "stopped_early": "yes" if early else "",  # train.early_stopping ended it before train.epochs
         "seconds": sum(row["seconds"] for row in rows),  # training and validation of each epoch
     }
 
@@ -298,7 +304,7 @@ def recorded_epochs(root: Path) -> dict[str, int]:
             rows, columns = list(reader), reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error):
         rows, columns = [], []
-    if not set(RESULT_COLUMNS) <= set(columns):
+    if not EARLIER_COLUMNS <= set(columns):
         raise UserError(f"{path}: not a table written by a sweep; give --out DIR another folder")
     return {row["run"]: int(row["epochs"]) for row in rows if (row["epochs"] or "").isdigit()}
 
@@ -329,7 +335,7 @@ def write_table(root: Path, keys: list[str], runs: list[SweepRun], results: dict
 
 def table_lines(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
     """Ranked rows as aligned text lines for a terminal, the header first."""
-    head = [*keys, "val_acc", "val_loss", "epoch", "epochs", "seconds", "run"]
+    head = [*keys, "val_acc", "val_loss", "epoch", "epochs", "early", "seconds", "run"]
     specs = {"best_val_acc": ".4f", "best_val_loss": ".4f", "seconds": ".1f"}
     cells = [[_cell(row[k], specs.get(k, ".6g")) or "-" for k in [*keys, *RESULT_COLUMNS]] for row in rows]
     widths = [max(len(c) for c in column) for column in zip(head, *cells)]

@@ -15,6 +15,8 @@ import torch
 from ..config.schema import Config, load_config
 from ..data.input_spec import input_spec
 from ..data.loaders import make_batches, open_splits
+from ..data.subsets import targets_of
+from ..losses import class_weights
 from ..models.families import MODELS
 from ..models.probe import check_fits, probe_model
 from ..runs.checkpoint import load_checkpoint
@@ -186,14 +188,24 @@ def _build(
             weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
     n_train, n_val = (len(src[1]) if isinstance(src, tuple) else len(src) for src in splits.values())
     with watch("data"):
-        batches = tuple(make_batches(splits[s], cfg, spec, device, s == "train", cl, world) for s in splits)
+        batches = tuple(
+            make_batches(splits[s], cfg, spec, device, s == "train", cl, world, num_classes=len(classes))
+            for s in splits
+        )
     arch = family.spec(cfg.model, [spec.channels, *spec.size], len(classes))
     if ckpt is not None:
         for key, (old, new) in check_resume(ckpt, cfg, arch).items():
             log.info("resuming with %s changed: %r -> %r", key, old, new)
+    counts = None
+    if cfg.loss.class_weights is not None:  # training images per class, for the loss's weights
+        counts = torch.bincount(targets_of(splits["train"]), minlength=len(classes)).tolist()
+        log.info(
+            "loss.class_weights: %s",
+            ", ".join(f"{c} {w:.3g}" for c, w in zip(classes, class_weights(cfg.loss.class_weights, counts))),
+        )
     with watch("model"):
         model = build_run_model(cfg, arch, device, cl, weights)
-        run = new_run(cfg, out, device, spec, arch, classes, model, batches, world)
+        run = new_run(cfg, out, device, spec, arch, classes, model, batches, world, counts)
     run.versions, run.run_id = run_versions(device), run_id
     if world.rank:  # the model is built alike everywhere; dropout masks from here on differ per rank
         torch.manual_seed(cfg.seed + world.rank)
