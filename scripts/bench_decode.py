@@ -86,12 +86,14 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def backbone_ms(name: str, batch: int, repeat: int = 3) -> float:
-    """A frozen torchvision backbone's forward pass (eval mode, no grad, random weights), ms per 224 px image."""
+def backbone_ms(name: str, batch: int, channels_last: bool = False, repeat: int = 3) -> float:
+    """A frozen torchvision backbone's forward pass (eval mode, no grad, random weights), ms per 224 px image;
+    `channels_last`: NHWC weights and input, as mnistcli runs conv models."""
     import torchvision
 
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    x = torch.randn(batch, 3, BACKBONE_SIZE, BACKBONE_SIZE)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = getattr(torchvision.models, name)(weights=None).eval().to(memory_format=layout)
+    x = torch.randn(batch, 3, BACKBONE_SIZE, BACKBONE_SIZE).contiguous(memory_format=layout)
     with torch.inference_mode():
         model(x)
         best = min(_timed(lambda: model(x)) for _ in range(repeat))
@@ -118,7 +120,9 @@ def main() -> None:
         }
     peak = gemm_gflops()
     for name in ("densenet121", "resnet18"):
-        rows[f"{name} forward at {BACKBONE_SIZE} px, batch {args.batch}, no grad"] = backbone_ms(name, args.batch)
+        for layout, cl in (("NCHW", False), ("channels-last", True)):
+            label = f"{name} forward at {BACKBONE_SIZE} px, batch {args.batch}, no grad, {layout}"
+            rows[label] = backbone_ms(name, args.batch, cl)
     print(
         f"{args.photos} JPEGs of 500x375 (mean {size:.0f} kB), {torch.get_num_threads()} torch threads, "
         f"fp32 GEMM peak {peak:.0f} GFLOP/s in this run"

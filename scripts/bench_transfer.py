@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 from bench_decode import gemm_gflops, make_photos
+from bench_page import table
 
 REPO = Path(__file__).resolve().parents[1]
 # each class: its rectangle's colour and the tint of the whole photo (what random backbone weights still carry)
@@ -116,6 +117,26 @@ def ours(name: str, train: Path, val: Path, weights: Path, epochs: int, device: 
     }
 
 
+def _row(name: str, side: str, r: dict, photos: int, epochs: int, reference: float) -> dict[str, str]:
+    """One table row. mnistcli's first epoch is counted with its backbone pass, which stands in for that epoch's
+    backbone work; each epoch sees every photo once (training on the train folder, then validating on val)."""
+    first = r["epochs"][0] + r.get("features", 0.0)
+    rest = r["epochs"][1:]
+    mean_rest = sum(rest) / max(len(rest), 1)
+    return {
+        "backbone": name,
+        "side": side,
+        "launch to exit s": f"{r['total']:.1f}",
+        "backbone runs": f"once ({r['features']:.1f} s)" if "features" in r else f"every epoch ({epochs}x)",
+        "epoch 1 s": f"{first:.1f}",
+        f"epochs 2-{epochs} s (mean)": f"{mean_rest:.2f}",
+        "img/s epoch 1": f"{photos / first:.0f}",
+        f"img/s epochs 2-{epochs}": f"{photos / mean_rest:.0f}" if mean_rest > 0 else "-",
+        f"val acc (epoch {epochs})": f"{r['val']:.4f}",
+        "speed-up": f"{reference / r['total']:.2f}x",
+    }
+
+
 def transfer(photos: int, epochs: int, device: str, tmp: Path) -> str:
     """The section's text: what ran, the GEMM peak around it, and one row per model and side."""
     train, val = make_folders(tmp / "photos", photos)
@@ -127,34 +148,18 @@ def transfer(photos: int, epochs: int, device: str, tmp: Path) -> str:
         mine = ours(name, train, val, weights, epochs, device, tmp)
         if not mine["cached"]:
             raise SystemExit(f"mnistcli did not use the feature cache for {name}")
-        images = photos  # each epoch trains on the train folder and validates on the val folder
         for side, r in (("plain PyTorch loop", ref), ("mnistcli", mine)):
-            rows.append(
-                {
-                    "backbone": name,
-                    "side": side,
-                    "launch to exit s": f"{r['total']:.1f}",
-                    "backbone pass s": f"{mine['features']:.1f} (once)" if r is mine else "in every epoch",
-                    "epoch s (1st / mean of rest)": f"{r['epochs'][0]:.1f} / "
-                    f"{sum(r['epochs'][1:]) / max(len(r['epochs']) - 1, 1):.2f}",
-                    "img/s per epoch (1st)": f"{images / r['epochs'][0]:.0f}",
-                    f"val acc (epoch {epochs})": f"{r['val']:.4f}",
-                    "speed-up": f"{ref['total'] / r['total']:.1f}x",
-                }
-            )
+            rows.append(_row(name, side, r, photos, epochs, ref["total"]))
     after = gemm_gflops()
     lines = [
         f"{photos} JPEGs of 500x375 ({photos * 4 // 5} train, {photos // 5} validation, 2 classes), 224 px, batch "
         f"{BATCH}, {epochs} epochs on {device}, seeded random backbone weights; fp32 GEMM peak {before:.0f} GFLOP/s "
         f"before and {after:.0f} after, in this run. Launch to exit includes interpreter start, imports, the "
         "backbone pass and checkpoints; mnistcli's epochs train the head on the cached features, so its backbone "
-        "pass is in startup, not in an epoch.",
+        "pass is counted in its epoch 1. img/s: photos seen (train and validation) per second of the epoch.",
         "",
     ]
-    keys = list(rows[0])
-    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join([*lines, table(rows)])
 
 
 if __name__ == "__main__":
