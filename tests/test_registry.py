@@ -359,3 +359,20 @@ def test_a_frozen_backbone_with_dropout_gives_the_same_features_every_time() -> 
     with torch.no_grad():
         first, second = model.backbone(x), model.backbone(x)
     assert torch.equal(first, second) and first.abs().sum() > 0
+
+
+def test_a_choice_switched_by_set_says_how_to_replace_the_files_section(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("scheduler:\n  name: onecycle\n  pct_start: 0.2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["scheduler.name=cosine"])
+    assert str(err.value) == (
+        f"{path}: unused key 'scheduler.pct_start': scheduler 'cosine' does not read it; schedulers that do: "
+        "onecycle (to replace the file's whole section: --set 'scheduler={name: cosine}')"
+    )
+    cfg = load_config(path, ["scheduler={name: cosine, warmup_epochs: 0.5}"])  # the hint, followed
+    assert (cfg.scheduler.name, cfg.scheduler.pct_start, cfg.scheduler.warmup_epochs) == ("cosine", 0.25, 0.5)
+    path.write_text("scheduler:\n  name: cosine\n  pct_start: 0.2\n")  # the file's own mistake: no hint
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["optimizer.lr=0.1"])
+    assert str(err.value).endswith("schedulers that do: onecycle")

@@ -305,5 +305,18 @@ def load_config(
         cfg.name = stem
     problems += check(cfg, set() if stored else _present(data), stored)
     if problems:
-        raise ConfigError(*(f"{_source(key, origins, where)}: {message}" for key, message in problems))
+        raise ConfigError(
+            *(f"{_source(key, origins, where)}: {_hint(key, message, origins)}" for key, message in problems)
+        )
     return cfg
+
+
+def _hint(dotted: str, message: str, origins: dict[str, str]) -> str:
+    """A problem's message; for a file's key left unread because `--set` chose another entry of its section, how to
+    replace the whole section instead."""
+    section = dotted.split(".")[0]
+    chosen = origins.get(f"{section}.name")
+    if not message.startswith("unused key") or chosen is None or _source(dotted, origins, "") != "":
+        return message
+    name = chosen.split("=", 1)[1][:-1].strip()  # origins read "--set 'KEY=VALUE'"
+    return f"{message} (to replace the file's whole section: --set '{section}={{name: {name}}}')"
