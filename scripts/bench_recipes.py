@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from bench_decode import gemm_gflops
+from bench_page import table
 
 REPO = Path(__file__).resolve().parents[1]
 # (label, --set overrides, the row it is compared with): the baseline first, then each recipe alone. Both configs
@@ -36,11 +37,12 @@ RECIPES = [
     ("random erasing 0.25", ["data.augment.erasing=0.25"], 0),
     ("class weights auto", ["loss.class_weights=auto"], 0),
     ("balanced sampler", ["data.sampler=balanced"], 0),
+    ("baseline again (the drift of the shared machine)", [], 0),
 ]
 
 
 def _train(config: str, sets: list[str], out: Path) -> dict[str, float]:
-    """One `mnistcli train`: the best validation accuracy and the mean seconds per epoch from metrics.csv."""
+    """One `mnistcli train`: the best validation accuracy and the fastest epoch's seconds from metrics.csv."""
     cmd = [sys.executable, "-m", "mnistcli", "train", config, "--out", str(out), "--quiet"]
     for item in sets:
         cmd += ["--set", item]
@@ -51,7 +53,7 @@ def _train(config: str, sets: list[str], out: Path) -> dict[str, float]:
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     return {
         "val_acc": max(float(r["val_acc"]) for r in rows),
-        "seconds": sum(float(r["seconds"]) for r in rows) / len(rows),
+        "seconds": min(float(r["seconds"]) for r in rows),  # the epoch least slowed by other processes
     }
 
 
@@ -70,7 +72,7 @@ def _rows(dataset: str, config: str, base: list[str], batch: int, tmp: Path) -> 
                 "--set": " ".join(sets) or "-",
                 "best val acc": f"{res['val_acc']:.4f}",
                 "vs": f"{res['val_acc'] - reference['val_acc']:+.4f} ({'baseline' if against == 0 else 'cosine'})",
-                "s per epoch": f"{res['seconds']:.1f}",
+                "fastest epoch s": f"{res['seconds']:.1f}",
                 "time vs baseline": f"{res['seconds'] / results[0]['seconds']:.2f}x",
             }
         )
@@ -91,12 +93,12 @@ def recipes(tmp: Path) -> str:
         f"fp32 GEMM peak {before:.0f} GFLOP/s before and {after:.0f} after, in this run. MNIST: `configs/mnist_fast."
         "yaml` as shipped (2 epochs, 55,000 train / 5,000 validation images). Digit folder: "
         "`scripts/make_digit_folder.py DIR --per-class 300` (3 classes of MNIST digits as PNG photos) with "
-        "`configs/imagefolder_cnn.yaml` for 8 epochs. One run per row, best validation accuracy over the epochs."
+        "`configs/imagefolder_cnn.yaml` for 8 epochs (135 validation images: one image is 0.0074). One run per row, "
+        "best validation accuracy over the epochs: MNIST differences of about 0.001 are within a seed's noise. Time: "
+        "each run's fastest epoch, the one least slowed by other processes on this shared machine; the baseline "
+        "runs again last, to show how far the machine drifted meanwhile."
     )
-    keys = list(rows[0])
-    lines = [head, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join([head, "", table(rows)])
 
 
 if __name__ == "__main__":
