@@ -219,7 +219,7 @@ def test_config_show_prints_the_resolved_config_and_its_difference_from_the_defa
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == (
         f"error: {smoke}: unused key 'model.channels': model 'mlp' (family 'mlp') does not read it; "
-        "model families that do: cnn\n"
+        "model families that do: cnn (to replace the file's whole section: --set 'model={name: mlp}')\n"
     )
 
 
