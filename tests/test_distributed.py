@@ -115,9 +115,10 @@ def test_two_processes_via_nproc_train_like_one_and_validate_exactly(tmp_path: P
     )
 
 
-def test_accumulation_under_torchrun_steps_like_one_process_with_the_large_batch(tmp_path: Path) -> None:
-    # 2 ranks x micro-batches of 8 x accumulate 2 against one process's batches of 16: the same images per step
-    data = {**SAME["data"], "fake_size": 199, "batch_size": 8, "augment": {}}  # no draws split by batch size
+def test_accumulation_and_a_balanced_sampler_under_torchrun_step_like_one_process(tmp_path: Path) -> None:
+    # 2 ranks x micro-batches of 8 x accumulate 2 against one process's batches of 16: the same images per step,
+    # drawn by the balanced sampler (with replacement, seeded), whose order every rank must share
+    data = {**SAME["data"], "fake_size": 199, "batch_size": 8, "augment": {}, "sampler": "balanced"}
     cfg = {**SAME, "data": data, "train": {"epochs": 1, "accumulate": 2}}
     cmd = nproc2(str(write(tmp_path / "acc.yaml", cfg)), "--out", "two")
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=120)
@@ -125,6 +126,10 @@ def test_accumulation_under_torchrun_steps_like_one_process_with_the_large_batch
     train(cfg, ["data.batch_size=16", "train.accumulate=1"], out=tmp_path / "one", quiet=True)
     w1, w2 = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
     assert all(torch.allclose(w1[k], w2[k], rtol=0, atol=1e-5) for k in w1)  # as above: rounding only
+    shuffled = tmp_path / "shuffled"  # the sampler mattered: the usual shuffle trains other weights
+    train(cfg, ["data.batch_size=16", "train.accumulate=1", "data.sampler=shuffle"], out=shuffled, quiet=True)
+    w3 = weights(shuffled / "last.pt")
+    assert not all(torch.allclose(w1[k], w3[k], rtol=0, atol=1e-5) for k in w1)
 
 
 def test_two_agents_sigint_and_resume_restore_every_rank(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
