@@ -20,6 +20,7 @@ from mnistcli.runs.plots import (
     confusion_figure,
     curves_figure,
     figure_texts,
+    lr_find_figure,
     mistakes_figure,
     reliability_figure,
     run_labels,
@@ -281,3 +282,20 @@ for call in calls:
         "drawing a reliability diagram needs matplotlib: pip install 'mnistcli[plots]'",
     ], result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lr_find_curve_keeps_the_descent_readable_when_the_loss_diverges(tmp_path: Path) -> None:
+    rates = [1e-6 * 10 ** (i / 20) for i in range(120)]  # 1e-6 to about 1
+    losses = [2.3 - 1.1 / (1 + math.exp(-3 * (math.log10(r) + 2))) for r in rates]  # falls from 2.3 to 1.2
+    losses[-4:] = [4.0, 9.0, 17.0, 27.0]  # the divergence that ends a range test
+    result = {"lrs": rates, "losses": losses, "suggestion": 1e-3, "lowest": 0.05, "name": "t", "optimizer": "sgd"}
+    fig = lr_find_figure(result)
+    bottom, top = fig.axes[0].get_ylim()
+    assert 2.3 < top < 3.0 and bottom < min(losses) < 1.3  # the start and the minimum shown; the spike cut off
+    fig.savefig(tmp_path / "lr.png")
+    pixels = np.asarray(Image.open(tmp_path / "lr.png").convert("RGB")).astype(int)
+    blue = (pixels[..., 2] > 150) & (pixels[..., 0] < 80) & (pixels[..., 1] > 90) & (pixels[..., 1] < 150)
+    blue[:, : pixels.shape[1] // 2][: pixels.shape[0] // 4] = False  # the legend's blue sample, top left
+    cols = np.nonzero(blue.any(axis=0))[0]
+    start_rows = np.nonzero(blue[:, cols.min() : cols.min() + 10].any(axis=1))[0]
+    assert start_rows.mean() < 0.4 * pixels.shape[0]  # the starting loss is drawn high, not squashed to the floor

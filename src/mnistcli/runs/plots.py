@@ -309,5 +309,14 @@ def lr_find_figure(result: dict[str, Any]) -> Any:
     ax.axvline(result["suggestion"], color="tab:red", linestyle="--", label=f"suggested lr {result['suggestion']:.2g}")
     ax.axvline(result["lowest"], color="gray", linestyle=":", label=f"lowest loss at {result['lowest']:.2g}")
     ax.set(xlabel="learning rate", ylabel="training loss", title=f"lr-find: {result['name']} ({result['optimizer']})")
+    ax.set_ylim(*lr_find_ylim(result["losses"]))
     ax.legend()
     return fig
+
+
+def lr_find_ylim(losses: list[float]) -> tuple[float, float]:
+    """The loss axis of the lr-find curve: from just below the lowest loss to a quarter above the starting one,
+    so the divergence at the end (often 10x the start) does not flatten the part that chooses the rate."""
+    low, start = min(losses), losses[0]
+    top = max(start * 1.25, low * 1.05)
+    return max(0.0, low - 0.05 * (top - low)), top
