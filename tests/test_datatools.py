@@ -77,6 +77,21 @@ def test_show_data_writes_the_grid_with_class_names(mnist_root: Path, tmp_path: 
     assert (pixels > 200).mean() > 0.2  # their bright strokes and the white page
 
 
+def test_mixed_training_images_are_labelled_with_both_classes_and_their_shares(mnist_root: Path) -> None:
+    cfg = idx_config(mnist_root, augment={"mixup": {"alpha": 0.4}})
+    fig, _ = sample_figure(cfg, n=16)
+    drawn = [t.get_text() for ax in fig.axes for t in ax.texts]
+    mixed = [text.split("\n") for text in drawn if "\n" in text]
+    assert len(drawn) == 16 and len(mixed) >= 8  # pairs of one class (one line) are rare among 10 classes
+    for first, second in mixed:
+        (a, share_a), (b, share_b) = (line.rsplit(" ", 1) for line in (first, second))
+        assert a in MNIST_NAMES and b in MNIST_NAMES and a != b
+        assert int(share_a.rstrip("%")) + int(share_b.rstrip("%")) in (99, 100, 101)  # rounding of each share
+        assert int(share_a.rstrip("%")) >= int(share_b.rstrip("%"))
+    plain = [t.get_text() for ax in sample_figure(idx_config(mnist_root), n=16)[0].axes for t in ax.texts]
+    assert all("%" not in text for text in plain)
+
+
 def test_grid_shows_stored_pixels_denormalised(planted_idx: tuple[Path, np.ndarray, np.ndarray]) -> None:
     root, test, labels = planted_idx
     fig, _ = sample_figure(idx_config(root, val_split=10), split="test", n=5)

@@ -91,9 +91,9 @@ def sample_figure(
     splits, classes = open_splits(cfg, spec, names)
     counts = {name: class_counts(targets_of(src), classes) for name, src in splits.items()}
     log_counts(counts)
-    pixels, labels = _first_images(splits[split], cfg, spec, split, n)
-    title = f"{cfg.name}: {len(labels)} {split} images as the network sees them"
-    return _grid(figure.Figure, pixels, [classes[i] for i in labels], title), counts
+    pixels, names = _first_images(splits[split], cfg, spec, split, n, classes)
+    title = f"{cfg.name}: {len(names)} {split} images as the network sees them"
+    return _grid(figure.Figure, pixels, names, title), counts
 
 
 def show_data(
@@ -116,12 +116,16 @@ def show_data(
     return {"out": str(path), "counts": counts}
 
 
-def _first_images(src: Any, cfg: Config, spec: InputSpec, split: str, n: int) -> tuple[torch.Tensor, list[int]]:
-    """Up to n images of an opened split from its batches, back in [0, 1] pixel units (N, C, H, W), and labels."""
+def _first_images(
+    src: Any, cfg: Config, spec: InputSpec, split: str, n: int, classes: list[str]
+) -> tuple[torch.Tensor, list[str]]:
+    """Up to n images of an opened split from its batches, back in [0, 1] pixel units (N, C, H, W), and what each
+    is labelled: its class, or under mixup/cutmix the classes it mixes with their shares."""
     images, labels, have = [], [], 0
-    for x, y in make_batches(src, cfg, spec, torch.device("cpu"), train=split == "train"):
+    batches = make_batches(src, cfg, spec, torch.device("cpu"), train=split == "train", num_classes=len(classes))
+    for x, y in batches:
         images.append(x[: n - have])
-        labels += y[: n - have].tolist()
+        labels += [_label(target, classes) for target in y[: n - have]]
         have = len(labels)
         if have >= n:
             break
@@ -133,6 +137,22 @@ def _first_images(src: Any, cfg: Config, spec: InputSpec, split: str, n: int) ->
         std = torch.tensor(spec.std).view(1, -1, 1, 1)
         x = x * std + mean
     return x.clamp(0, 1), labels
+
+
+def _label(target: torch.Tensor, classes: list[str]) -> str:
+    """A hard label's class name; a soft one's (mixup, cutmix) two largest classes with their shares, a line each."""
+    if target.dim() == 0:
+        return classes[int(target)]
+    shares, which = target.topk(min(2, len(classes)))
+    parts = [(classes[int(k)], float(w)) for k, w in zip(which, shares) if w > 0.005]
+    if len(parts) == 1:
+        return parts[0][0]
+    return "\n".join(f"{_short(name, LABEL_CHARS - 5)} {share:.0%}" for name, share in parts)
+
+
+def _short(name: str, chars: int) -> str:
+    """A name cut to `chars` characters, with an ellipsis when cut."""
+    return name if len(name) <= chars else name[: chars - 1] + "…"
 
 
 def _grid(figure_class: type, pixels: torch.Tensor, names: list[str], title: str) -> Any:
@@ -154,7 +174,7 @@ def _grid(figure_class: type, pixels: torch.Tensor, names: list[str], title: str
         else:
             ax.imshow(arr, interpolation="nearest")
         ax.set_axis_off()
-        short = name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "…"
+        short = "\n".join(_short(line, LABEL_CHARS) for line in name.split("\n"))
         ax.text(0.5, -0.04, short, transform=ax.transAxes, ha="center", va="top", fontsize=7)
     return fig
 
