@@ -199,6 +199,23 @@ def test_config_validate_reports_every_problem_of_each_file_and_exits_2(tmp_path
     assert alone.returncode == 2 and alone.stdout == "" and alone.stderr == f"error: {missing}: config file not found\n"
 
 
+def test_config_validate_applies_set_to_every_config(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text("scheduler:\n  name: onecycle\n  pct_start: 0.2\n")
+    two.write_text("model:\n  name: mlp\n")
+    proc = cli("config", "validate", str(one), str(two), "--set", "scheduler.name=cosine", "--set", "train.epochs=0")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"error: {one}: unused key 'scheduler.pct_start': scheduler 'cosine' does not read it; schedulers that do: "
+        "onecycle (to replace the file's whole section: --set 'scheduler={name: cosine}')",
+        "error: --set 'train.epochs=0': 'train.epochs' must be an integer >= 1, got 0",
+        "error: --set 'train.epochs=0': 'train.epochs' must be an integer >= 1, got 0",
+        "error: 2 of 2 configs have problems",
+    ]
+    fixed = cli("config", "validate", str(one), str(two), "--set", "scheduler={name: cosine, warmup_epochs: 1}")
+    assert fixed.returncode == 0 and fixed.stdout == f"ok: {one}\nok: {two}\n", fixed.stderr
+
+
 def test_config_show_prints_the_resolved_config_and_its_difference_from_the_defaults() -> None:
     smoke = str(REPO / "configs" / "smoke.yaml")
     result = runner.invoke(app, ["config", "show", smoke, "--set", "train.epochs=3"])

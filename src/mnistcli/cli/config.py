@@ -58,6 +58,9 @@ def show(
 @config_app.command("validate")
 def validate(
     configs: list[Path] = typer.Argument(..., metavar="CONFIG...", help="YAML experiment configs."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Override a config key in every CONFIG, as train's --set does."
+    ),
 ) -> None:
     """Check configs as `train` does before any work, without training: `ok: FILE`, or each of its problems in one
     line; exit code 2 when any file has a problem (for CI and pre-commit hooks)."""
@@ -69,7 +72,7 @@ def validate(
         bad = 0
         for path in configs:
             try:
-                load_config(path)
+                load_config(path, list(set_ or []))
             except ConfigError as exc:
                 bad += 1
                 for line in exc.problems:
