@@ -64,14 +64,14 @@ def _rows(dataset: str, config: str, base: list[str], batch: int, tmp: Path) -> 
         sets = [s.replace("{half}", str(batch // 2)) for s in sets]
         res = _train(config, [*base, *sets], tmp / f"{dataset}-{i}")
         results.append(res)
-        reference = results[against]
+        reference, compared = results[against], "baseline" if against == 0 else RECIPES[against][0]
         out.append(
             {
                 "data": dataset,
                 "recipe": label,
                 "--set": " ".join(sets) or "-",
                 "best val acc": f"{res['val_acc']:.4f}",
-                "vs": f"{res['val_acc'] - reference['val_acc']:+.4f} ({'baseline' if against == 0 else 'cosine'})",
+                "vs": f"{res['val_acc'] - reference['val_acc']:+.4f} ({compared})",
                 "fastest epoch s": f"{res['seconds']:.1f}",
                 "time vs baseline": f"{res['seconds'] / results[0]['seconds']:.2f}x",
             }

@@ -305,18 +305,20 @@ def load_config(
         cfg.name = stem
     problems += check(cfg, set() if stored else _present(data), stored)
     if problems:
+        hints = _section_hints(data, origins, unused_keys(cfg))
         raise ConfigError(
-            *(f"{_source(key, origins, where)}: {_hint(key, message, origins)}" for key, message in problems)
+            *(f"{_source(key, origins, where)}: {message}{hints.get(key, '')}" for key, message in problems)
         )
     return cfg
 
 
-def _hint(dotted: str, message: str, origins: dict[str, str]) -> str:
-    """A problem's message; for a file's key left unread because `--set` chose another entry of its section, how to
-    replace the whole section instead."""
-    section = dotted.split(".")[0]
-    chosen = origins.get(f"{section}.name")
-    if not message.startswith("unused key") or chosen is None or _source(dotted, origins, "") != "":
-        return message
-    name = chosen.split("=", 1)[1][:-1].strip()  # origins read "--set 'KEY=VALUE'"
-    return f"{message} (to replace the file's whole section: --set '{section}={{name: {name}}}')"
+def _section_hints(data: dict[str, Any], origins: dict[str, str], unused: dict[str, str]) -> dict[str, str]:
+    """For each file key left unread because `--set` chose another entry of its section (`scheduler.name=cosine`),
+    how to replace the file's whole section instead."""
+    hints = {}
+    for dotted in unused:
+        section = dotted.split(".")[0]
+        if f"{section}.name" in origins and _source(dotted, origins, "") == "":  # the selector from --set, the key not
+            name = data[section]["name"]
+            hints[dotted] = f" (to replace the file's whole section: --set '{section}={{name: {name}}}')"
+    return hints
