@@ -80,7 +80,7 @@ def test_curves_of_two_runs_name_both_and_star_the_best_pt_epoch(runs: dict[str,
         assert len(stars) == 2  # on the loss and the accuracy panel
         assert [float(x) for x in stars[1].get_xdata()] == [epoch]
         assert float(stars[1].get_ydata()[0]) == pytest.approx(val_acc, abs=1e-5)
-    pixels = png(save_figure(fig, tmp_path / "curves.png"))
+    pixels = png(save_figure(fig, tmp_path / "curves.png", "curves"))
     assert pixels.shape == (470, 1500, 3)  # 15 x 4.7 in at 100 dpi: one row of run names
     assert pixels.std() > 20 and (pixels < 100).any()  # drawn, not a blank canvas
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left
@@ -176,7 +176,7 @@ def test_confusion_matrix_names_classes_counts_and_shades_rows(tmp_path: Path) -
     assert {"predicted class", "true class", "share of the true class"} <= set(texts)
     ax = fig.axes[0]
     assert all(label.get_rotation() == 45 for label in ax.get_xticklabels())
-    pixels = png(save_figure(fig, tmp_path / "confusion.png"))
+    pixels = png(save_figure(fig, tmp_path / "confusion.png", "confusion matrix"))
     assert pixels.shape == (600, 720, 3)
     height = pixels.shape[0]
     dark = [pixels[height - int(y), int(x)] for x, y in ax.transData.transform([(0.3, 0.3), (4.3, 4.3)])]
@@ -208,7 +208,7 @@ def test_mistakes_grid_titles_each_image_with_true_pred_and_probability(tmp_path
     assert "The 36 most confident of 40 mistakes, most confident first" in texts
     assert "true T-shirt/top / pred Dress (0.99)" in texts and "true Ankle boot / pred Pullover (0.88)" in texts
     assert sum(len(ax.images) for ax in fig.axes) == 36
-    assert png(save_figure(fig, tmp_path / "m.png")).shape == (1550, 1440, 3)  # 6 x 6 images of 2.4 x 2.5 in
+    assert png(save_figure(fig, tmp_path / "m.png", "mistakes")).shape == (1550, 1440, 3)  # 6 x 6 images of 2.4 x 2.5 in
     rgb = np.stack([images[:2]] * 3, axis=-1)
     assert png(save_mistakes(rgb, true[:2], pred[:2], prob[:2], tmp_path / "rgb.png")).std() > 20
     assert "no wrong predictions" in figure_texts(mistakes_figure(images[:0], [], [], []))

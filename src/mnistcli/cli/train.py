@@ -134,8 +134,8 @@ def plot(
         None,
         "--out",
         metavar="FILE",
-        help="PNG to write [default: curves.png in the run folder for one run; ./curves.png for several, which "
-        "must not exist yet].",
+        help="PNG to write: a new file, or an earlier curves picture of mnistcli's (nothing else is replaced) "
+        "[default: curves.png in the run folder for one run; ./curves.png for several].",
     ),
 ) -> None:
     """Draw the loss, accuracy and learning-rate curves of one or several runs on shared axes."""
@@ -143,13 +143,16 @@ def plot(
     def work() -> Path:
         from ..runs.plots import save_curves
 
-        target = out or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
-        if out is None and len(runs) > 1 and target.exists():
-            raise UserError(f"{target} exists and is not a run's own file; give --out FILE")
         for folder in runs:
             if not (folder / "metrics.csv").is_file():
                 raise UserError(f"{folder}: no metrics.csv here; give run folders written by `mnistcli train`")
-        return save_curves(list(runs), target)
+        if out is not None:
+            target, replace = out, "curves"  # an earlier curves picture, never anything else
+        elif len(runs) == 1:
+            target, replace = runs[0] / "curves.png", True  # the run's own picture
+        else:
+            target, replace = Path("curves.png"), "curves"
+        return save_curves(list(runs), target, replace)
 
     typer.echo(f"wrote {run(work)}")
 
@@ -169,7 +172,9 @@ def lr_find(
     setup_logging(False)
 
     def work() -> dict:
-        if out.exists():
+        if out.name in ("", ".", ".."):
+            raise UserError(f"--out {out}: not a file name; give a PNG file, e.g. --out lr_find.png")
+        if os.path.lexists(out):
             raise UserError(f"--out {out}: the file exists and is never replaced; give another FILE")
         from ..training.lr_find import find_lr
 
@@ -188,7 +193,7 @@ def lr_find(
             return None
         from ..runs.plots import lr_find_figure, save_figure
 
-        return save_figure(lr_find_figure(res), out)
+        return save_figure(lr_find_figure(res), out, "lr-find")  # never replaces a file, ours included
 
     drawn = run(draw)
     typer.echo(f"curve: {drawn}" if drawn else "curve: not drawn (install mnistcli[plots] for lr_find.png)")

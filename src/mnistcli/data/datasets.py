@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import os
 import shlex
 import shutil
 import zlib
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..utils.errors import UserError
+from ..utils.files import temp_file
 from .image_folder import open_image_folder
 
 if TYPE_CHECKING:
@@ -60,18 +62,23 @@ def _decompress_idx(raw: Path, files: tuple[str, ...]) -> None:
     for name in files:
         target, packed = raw / name, raw / f"{name}.gz"
         if not target.exists() and packed.exists():
-            tmp = target.with_suffix(".tmp")
-            try:
-                with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                tmp.replace(target)  # atomic: an interrupted unpack never leaves a short file behind
-            except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise UserError(
-                    f"{packed}: cannot be unpacked ({reason}); replace it with an intact copy or the unpacked {name}"
-                ) from None
-            finally:
-                tmp.unlink(missing_ok=True)
+            _unpack(packed, target, name)
+
+
+def _unpack(packed: Path, target: Path, name: str) -> None:
+    """Unpack one .gz file beside itself, safe under any number of processes doing the same at once (the ranks of
+    `train --nproc`, two commands on a fresh clone): each writes its own temporary file and renames it into place;
+    every copy is whole and identical, so whichever rename comes last changes nothing."""
+    try:
+        with temp_file(target) as (dst, tmp), gzip.open(packed, "rb") as src:
+            shutil.copyfileobj(src, dst)
+            dst.close()
+            os.replace(tmp, target)  # atomic: an interrupted unpack never leaves a short file behind
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{packed}: cannot be unpacked ({reason}); replace it with an intact copy or the unpacked {name}"
+        ) from None
 
 
 def _sources(cls: Any) -> str:

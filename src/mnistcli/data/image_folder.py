@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..utils.errors import UserError
+from ..utils.names import class_names_problem
 
 if TYPE_CHECKING:
     from ..config.schema import DataConfig
@@ -95,6 +96,9 @@ def open_image_folder(cfg: DataConfig, split: str, transform: Any) -> Any:
         raise UserError(
             f"data.{split}_dir: {path} holds {len(ds.classes)} class folder(s); a classifier needs at least 2"
         )
+    problem = class_names_problem(ds.classes, "the class folders' names")
+    if problem:  # the rule a checkpoint's loader applies: a run must not write checkpoints its commands refuse
+        raise UserError(f"data.{split}_dir: {path}: {problem}; rename that folder (its name is the class's name)")
     return ds
 
 

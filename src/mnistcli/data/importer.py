@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from ..utils.errors import UserError, unknown_name
-from ..utils.files import writable_folder, write_error
+from ..utils.files import clean_stale_temps, open_new, temp_path, writable_folder, write_error
 from .datasets import IMPORT_GROUPS
 from .store import (
     CHUNK,
@@ -121,7 +121,8 @@ class Importer:
             raise UserError(f"{source.origin}: cannot be read ({first_line(exc)})") from None
         with reader:
             try:
-                out = open(tmp, "wb")
+                tmp.unlink(missing_ok=True)  # this process's own leftover
+                out = open_new(tmp)
             except OSError as exc:
                 raise write_error(self.raw / source.name, exc) from None
             with out:
@@ -139,7 +140,8 @@ class Importer:
 
     def stage(self, source: Source, twin: str | None) -> Staged:
         """Copy a source beside its destination and check the copy."""
-        tmp = self.raw / f".{source.name}.{os.getpid()}.tmp"
+        clean_stale_temps(self.raw / source.name)  # what an import killed mid-copy left
+        tmp = temp_path(self.raw / source.name)
         staged = Staged(source, tmp, FileCheck(source.name, tmp, 0, "corrupt", "not copied"))
         self.staged.append(staged)  # listed first: its temporary file is removed whatever happens next
         self.copy(source, tmp)

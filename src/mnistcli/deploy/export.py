@@ -24,7 +24,15 @@ from ..evaluation.scores import open_for_eval
 from ..runs.checkpoint import load_model
 from ..utils.errors import CheckpointError, UserError, closest, space_errno
 from ..utils.extras import require
-from ..utils.files import create_new, publish_new, writable_folder, write_error
+from ..utils.files import (
+    clean_stale_temps,
+    create_new,
+    open_new,
+    publish_new,
+    temp_path,
+    writable_folder,
+    write_error,
+)
 from ..utils.runtime import resolve_device
 from ..version import __version__
 from .artifact import (
@@ -268,9 +276,12 @@ def compare(
 def publish_checked(target: Path, write: Callable[[Path], None], check: Callable[[Path], dict]) -> dict[str, Any]:
     """Write to a temporary name in the target's folder, check that file, then give it its name without replacing
     any file; a failed write or check removes the temporary file, so nothing is left behind."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    clean_stale_temps(target)  # what an export killed mid-write left
+    tmp = temp_path(target)
     try:
         try:
+            tmp.unlink(missing_ok=True)  # this process's own leftover
+            open_new(tmp).close()  # the name is ours, a plain new file, before the exporter opens it
             write(tmp)
         except (OSError, RuntimeError) as exc:  # torch's zip writer wraps a full disk in a RuntimeError
             if not isinstance(exc, OSError) and space_errno(exc) is None:

@@ -20,7 +20,7 @@ from ..data.pipeline import check_tta, mode_for, network_input, prepare_pixels, 
 from ..data.preprocess import MAX_PIXELS, open_image, save_pixels
 from ..runs.checkpoint import load_model
 from ..utils.errors import UserError
-from ..utils.files import publish_new, writable_folder, write_error
+from ..utils.files import writable_folder, write_new
 from ..utils.runtime import resolve_device
 
 BATCH = 256  # images per forward pass
@@ -180,14 +180,9 @@ def write_output(results: list[dict[str, Any]], path: Path) -> None:
         for res in results:
             writer.writerow({**res, "topk": json.dumps(res["topk"]) if "topk" in res else ""})
         text = buf.getvalue()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        publish_new(tmp, path, f"--output {path}: a file of that name appeared while predicting; it was not replaced")
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    # a file name that is not valid UTF-8 is written escaped (\udcff), never as bytes that break the CSV's encoding
+    data = text.encode("utf-8", "backslashreplace")
+    write_new(path, data, f"--output {path}: a file of that name appeared while predicting; it was not replaced")
 
 
 def input_folder(path: str | Path) -> Path:

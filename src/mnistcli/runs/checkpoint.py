@@ -6,7 +6,6 @@ import errno
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from ..models.choices import ACTIVATIONS
 from ..models.families import MODELS, build_model, family_of, upgrade_arch
 from ..models.probe import probe_model
 from ..utils.errors import CheckpointError, UserError, no_space, space_errno, unknown_name
+from ..utils.files import temp_file, write_error
+from ..utils.names import class_names_problem
 from ..utils.safeload import read_tensors
 
 FORMAT = "mnistcli"
@@ -64,19 +65,18 @@ def write_torch_file(data: dict[str, Any], path: Path) -> None:
     one line and leaves the previous file as it was."""
     if _tensor_bytes(data) > shutil.disk_usage(path.parent).free:  # tensor data alone: a lower bound of the size
         raise _no_space(path, data, errno.ENOSPC)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with temp_file(path) as (f, tmp):
             torch.save(data, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
+            f.close()
+            os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
     except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         code = space_errno(exc)
         if code is None:
+            if isinstance(exc, OSError):
+                raise write_error(path, exc) from None
             raise
         raise _no_space(path, data, code) from None
 
@@ -231,7 +231,7 @@ def metadata_problem(ckpt: dict[str, Any]) -> str | None:
     """The first field of a checkpoint (already known to be in mnistcli's format) that a config could not have
     produced, or that its weights contradict, as `<field> is ...; must be ...`; None when all agree."""
     return (
-        _classes_problem(ckpt.get("classes"))
+        class_names_problem(ckpt.get("classes"))
         or _spec_problem(ckpt.get("input_spec"))
         or _arch_problem(ckpt.get("arch"))
         or _temperature_problem(ckpt)
@@ -283,18 +283,6 @@ def _ruled(field: str, value: Any, key: str, typed: Callable[[Any], bool]) -> st
     except (TypeError, ValueError):
         ok = False
     return None if ok else f"{field} is {value!r}; must be {allowed}"
-
-
-def _classes_problem(classes: Any) -> str | None:
-    """Class names: a non-empty list of distinct, non-empty, printable strings (each is printed as an answer)."""
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        return f"classes is {classes!r}; must be a non-empty list of class names (strings)"
-    for i, name in enumerate(classes):
-        if not name.strip() or not name.isprintable():
-            return f"classes[{i}] is {name!r}; a class name must be printable text, not empty"
-    repeated = sorted({c for c in classes if classes.count(c) > 1})
-    shown = ", ".join(map(repr, repeated))
-    return f"classes holds {shown} more than once; each class needs its own name" if repeated else None
 
 
 def _spec_problem(spec: Any) -> str | None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import logging
 import os
+import re
 import shutil
+import stat
 import sys
 import uuid
 from collections.abc import Iterator
@@ -18,7 +21,8 @@ from typing import Any
 import yaml
 
 from ..utils.errors import UserError
-from ..utils.files import write_atomic, write_error
+from ..utils.files import CLOEXEC, NOFOLLOW, open_new, read_own, temp_path, write_atomic, write_error
+from ..utils.names import shown
 from ..utils.yamlfile import read_yaml_file
 
 log = logging.getLogger(__name__)
@@ -87,9 +91,10 @@ def start_metrics(out: Path, rows: list[dict[str, Any]], versions: dict[str, Any
 
 
 def append_metrics(out: Path, row: dict[str, Any], versions: dict[str, Any]) -> None:
-    """Add one epoch's row to metrics.csv."""
+    """Add one epoch's row to metrics.csv (the run's own file: a link put in its place is not written through)."""
     try:
-        with open(out / METRICS, "a", newline="") as f:
+        fd = os.open(out / METRICS, os.O_WRONLY | os.O_APPEND | NOFOLLOW | CLOEXEC)
+        with open(fd, "a", newline="", encoding="utf-8") as f:
             csv.writer(f).writerow(_cells(row, versions))
     except OSError as exc:
         raise write_error(out / METRICS, exc) from None
@@ -121,10 +126,9 @@ def _is_report(name: str) -> bool:
 
 def read_owner(out: Path) -> str | None:
     """The run id of the run that owns the folder, or None (no marker: empty, legacy or not a run folder)."""
-    try:
-        return (out / OWNER).read_text(encoding="utf-8").split()[0]
-    except (OSError, IndexError):
-        return None
+    text = read_own(out / OWNER, 4096)
+    words = text.decode("utf-8", "replace").split() if text else []
+    return words[0] if words and words[0].isalnum() else None
 
 
 def _describe(out: Path, names: list[str]) -> str:
@@ -133,27 +137,57 @@ def _describe(out: Path, names: list[str]) -> str:
         return f"{out} holds an interrupted run ({INTERRUPTED}); continue it with --resume"
     if any(n in names for n in (BEST, LAST)):
         return f"{out} already holds a finished run ({', '.join(n for n in (BEST, LAST) if n in names)})"
-    shown = ", ".join(sorted(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return f"{out} is not empty (it holds {shown}) and is not a run of this config"
+    return f"{out} is not empty (it holds {_shown(names)}) and is not a run of this config"
+
+
+def _shown(names: list[str]) -> str:
+    """A few of a folder's names, for a message (escaped: a name may hold anything)."""
+    return ", ".join(shown(n) for n in sorted(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def is_run_folder(out: Path, names: list[str]) -> bool:
+    """Whether a folder is a run's: it carries a run's marker, or (runs from before the marker) it holds a
+    checkpoint, config.yaml and metrics.csv, all as files a run writes."""
+    if read_owner(out) is not None:
+        return True
+    return (
+        any(n in names for n in (BEST, LAST, INTERRUPTED))
+        and {CONFIG, METRICS} <= set(names)
+        and all(_ours(n) for n in names)
+    )
 
 
 def check_out_dir(out: Path, run_id: str | None, resumed_from: Path | None, overwrite: bool) -> bool:
     """Decide whether a run may write into `out`: an empty folder, its own run's folder (a resume), or with
-    overwrite. Returns whether an earlier run's files are to be replaced; refuses everything else in one line."""
+    overwrite a run's folder. Returns whether an earlier run's files are to be replaced; refuses everything else in
+    one line. --overwrite never applies to a folder that is not a run's: it replaces a run's own files only."""
     names = [p.name for p in out.iterdir() if p.name != LOCK and not _is_temp(p.name)] if out.is_dir() else []
     if not names:
         return False
+    for folder in (TENSORBOARD, FEATURES):
+        if (out / folder).is_symlink():
+            raise UserError(
+                f"{out / folder}: is a link; a run writes its own {folder}/ folder there and never through a link: "
+                "remove the link, or give --out DIR for a new folder"
+            )
     owner = read_owner(out)
+    run_folder = is_run_folder(out, names)
     if resumed_from is not None:
         legacy = owner is None and resumed_from.parent.resolve() == out.resolve() and all(_ours(n) for n in names)
         if (owner is not None and owner == run_id) or legacy:
             return False
-        if not overwrite:
+        if not overwrite or not run_folder:
             raise UserError(
                 f"cannot resume {resumed_from} into {out}: the folder holds another run's files; "
                 "resume in the checkpoint's own folder (leave out --out) or give an empty --out DIR"
             )
         return True
+    if not run_folder:
+        refused = " (--overwrite replaces only a run's own files)" if overwrite else ""
+        raise UserError(
+            f"{out} is not empty (it holds {_shown(names)}) and is not a run folder{refused}; "
+            "give --out DIR for a new or empty folder"
+        )
     if overwrite:
         return True
     abandoned = (
@@ -183,21 +217,45 @@ def _is_temp(name: str) -> bool:
 def clean_temp_files(out: Path) -> None:
     """Remove what killed writes left behind; they never hold anything a finished write did not replace."""
     for p in out.glob(".*.tmp"):
-        if _is_temp(p.name):
+        if _is_temp(p.name) and (p.is_symlink() or p.is_file()):
             log.info("removed %s, left by an interrupted write", p)
             p.unlink(missing_ok=True)
 
 
+def _run_files(out: Path) -> Iterator[Path]:
+    """The files an earlier run wrote in its folder, by name: its checkpoints, config.yaml, metrics.csv, curves,
+    eval reports, event files and cached features. Anything else (the user's own files) is not among them."""
+    for name in os.listdir(out):
+        if (name in OWN_FILES and name != OWNER) or _is_report(name):
+            yield out / name
+    for folder, own in ((TENSORBOARD, _is_event_file), (FEATURES, _is_feature_file)):
+        sub = out / folder
+        if sub.is_dir() and not sub.is_symlink():
+            yield from (sub / n for n in os.listdir(sub) if own(n))
+
+
+def _is_event_file(name: str) -> bool:
+    """A TensorBoard event file (events.out.tfevents.<time>.<host>...)."""
+    return name.startswith("events.out.tfevents.")
+
+
+def _is_feature_file(name: str) -> bool:
+    """A cached split's features (runs/features.py: <split>.pt) or a killed write of one."""
+    return name in ("train.pt", "val.pt", "test.pt") or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def start_run_dir(out: Path, run_id: str, replace: bool) -> None:
-    """Take the (locked, checked) folder for run `run_id`: stale temporaries go, replaced files go, the owner
-    marker records the run."""
+    """Take the (locked, checked) folder for run `run_id`: stale temporaries go, the replaced run's own files go
+    (nothing else: a folder of the user's inside stays, with whatever the run did not write), the owner marker
+    records the run."""
     clean_temp_files(out)
     if replace:  # reports and event files of the replaced run go too: they describe weights no longer there
-        for path in [*(out / n for n in OWN_FILES if n != OWNER), *out.glob("*.eval*.json")]:
-            if path.name in OWN_FILES or _is_report(path.name):
+        for path in list(_run_files(out)):
+            if path.is_symlink() or not path.is_dir():
                 path.unlink(missing_ok=True)
         for folder in (TENSORBOARD, FEATURES):
-            shutil.rmtree(out / folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # only while empty
+                (out / folder).rmdir()
     write_atomic(out / OWNER, f"{run_id}\n")
 
 
@@ -205,13 +263,59 @@ def make_out_dir(out: Path) -> None:
     """Create the run folder and check it is writable, with one line when it cannot be."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test.{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if not out.is_dir():
+            raise FileExistsError(str(out))
+        probe = temp_path(out / ".write-test")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)  # this process's own probe, left by a failed start a moment ago
+        open_new(probe).close()
+        os.unlink(probe)
     except FileExistsError:
         raise UserError(f"{out}: is a file, not a folder; give --out a folder") from None
     except OSError as exc:
         raise UserError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+LOCK_TEXT = re.compile(r"(\d{1,10})( \(.*\))?", re.S)  # what `locked` writes: the process id, the command's start
+
+
+def _lock_holder(text: str, command: bool = False) -> str | None:
+    """The process id a lock file names (with `command`, and the command it ran), when the file holds what
+    `locked` writes; None for anything else, which is never printed."""
+    match = LOCK_TEXT.fullmatch(text.strip())
+    if not match:
+        return None
+    return shown(match.group(0)) if command else match.group(1)
+
+
+def _open_lock(path: Path, out: Path) -> Any:
+    """The lock file, opened for reading and writing without following a link; it must be a plain file of one name
+    holding what a lock of mnistcli's holds (or nothing), since it is truncated and written."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(
+                f"{path}: is a symbolic link; the run folder's lock is a file of mnistcli's own and a link is never "
+                "written through: remove the link, or use --out DIR"
+            ) from None
+        raise write_error(path, exc) from None  # no inode left, or the folder became read-only
+    f = open(fd, "r+", encoding="utf-8", errors="replace")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        f.close()
+        what = "not a plain file" if not stat.S_ISREG(info.st_mode) else "a hard link to another file"
+        raise UserError(
+            f"{path}: is {what}; the run folder's lock is never written through: remove it, or use --out DIR"
+        )
+    text = f.read(4096)
+    if text.strip() and _lock_holder(text) is None:
+        f.close()
+        raise UserError(
+            f"{path}: holds something mnistcli did not write (its lock holds a process id); it is left as it is: "
+            "remove it, or use --out DIR"
+        )
+    return f
 
 
 @contextlib.contextmanager
@@ -225,29 +329,26 @@ def locked(out: Path) -> Iterator[None]:
         return
     path = out / LOCK
     while True:
-        try:
-            f = open(path, "a+", encoding="utf-8")
-        except OSError as exc:  # no inode left, or the folder became read-only
-            raise write_error(path, exc) from None
+        f = _open_lock(path, out)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "unknown"
+            holder = _lock_holder(f.read(4096), command=True) or "unknown"
             f.close()
             raise UserError(
                 f"{out} is in use by another training run (process {holder}); wait for it to finish, stop it, "
                 "or use --out DIR"
             ) from None
         try:
-            same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+            same = os.fstat(f.fileno()).st_ino == os.lstat(path).st_ino
         except FileNotFoundError:
             same = False
         if same:  # else the holder removed it as we opened it: lock the new file
             break
         f.close()
     f.seek(0)
-    stale = f.read().strip()
+    stale = _lock_holder(f.read(4096))
     if stale:
         log.warning("%s: took over the lock left by process %s, which is no longer running", out, stale)
     try:

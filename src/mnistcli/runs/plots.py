@@ -16,7 +16,7 @@ import numpy as np
 
 from ..utils.errors import UserError
 from ..utils.extras import require
-from ..utils.files import write_atomic
+from ..utils.files import plain_file, read_own, write_atomic, write_new
 from ..utils.metrics import calibration_bins, expected_calibration_error
 from .folder import METRICS, read_metrics
 
@@ -48,13 +48,57 @@ def figure_texts(fig: Any) -> list[str]:
     return [t.get_text() for t in fig.findobj(text) if t.get_text() and t.get_visible()]
 
 
-def save_figure(fig: Any, out: Path) -> Path:
-    """Write a figure as PNG through a temporary file and a rename: readers see the old picture or the new one."""
+MARK = "mnistcli"  # the PNG text key that says which kind of picture mnistcli made a file as
+
+
+def save_figure(fig: Any, out: Path, kind: str, replace: bool | str = False) -> Path:
+    """Write a figure as PNG, whole (through a temporary file), marked as mnistcli's picture of `kind`.
+
+    An existing file at `out` is replaced only where the caller says it may be: `replace=True` for a run's own file
+    in its folder, `replace=KIND` for an earlier picture of that kind that mnistcli made (its mark is read back);
+    anything else there (a photo, a checkpoint, a link) is left as it is, in one line. A link is never written
+    through."""
     out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise UserError(f"{out}: not a file name; give a PNG file, e.g. --out curves.png")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    write_atomic(out, buf.getvalue())
+    fig.savefig(buf, format="png", dpi=DPI, metadata={MARK: kind})
+    if os.path.lexists(out):
+        if out.is_symlink() or not plain_file(out):
+            raise UserError(f"{out}: exists and is {_what(out)}; it is not replaced; give another file")
+        if replace is not True and (replace is False or picture_kind(out) != replace):
+            raise UserError(
+                f"{out}: exists and is not {_article(replace)} mnistcli made; it is not replaced; give another file"
+            )
+        write_atomic(out, buf.getvalue())
+    else:
+        write_new(out, buf.getvalue(), f"{out}: a file of that name appeared while drawing; it was not replaced")
     return out
+
+
+def _what(path: Path) -> str:
+    """What a name that is not a plain file is, for a refusal."""
+    return "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a plain file"
+
+
+def _article(replace: bool | str) -> str:
+    """'a <kind> picture', for a refusal."""
+    return f"a {replace} picture" if isinstance(replace, str) else "a picture"
+
+
+def picture_kind(path: Path) -> str | None:
+    """The kind of picture mnistcli made `path` as (its PNG mark), or None for any other file."""
+    data = read_own(path, 64 << 20)
+    if not data or not data.startswith(b"\x89PNG"):
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            kind = img.text.get(MARK)
+    except Exception:  # not a PNG Pillow can read: not ours
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 # ---- training curves ------------------------------------------------------------------------------------------
@@ -174,9 +218,9 @@ def _line(style: str, markers: bool, hollow: bool = False, **kwargs: Any) -> Any
     return require("matplotlib.lines", "plots").Line2D([], [], linestyle=style, **{"color": "gray", **kwargs})
 
 
-def save_curves(runs: list[Path], out: Path) -> Path:
+def save_curves(runs: list[Path], out: Path, replace: bool | str = "curves") -> Path:
     """Draw the training curves of one or more run folders (their metrics.csv) into the PNG file `out`."""
-    return save_figure(curves_figure([Path(r) for r in runs]), out)
+    return save_figure(curves_figure([Path(r) for r in runs]), out, "curves", replace)
 
 
 # ---- evaluation pictures ----------------------------------------------------------------------------------------
@@ -216,7 +260,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Any:
 
 def save_confusion_matrix(matrix: np.ndarray, classes: list[str], out: Path) -> Path:
     """Draw a confusion matrix (rows: true class, columns: predicted) into the PNG file `out`."""
-    return save_figure(confusion_figure(matrix, classes), out)
+    return save_figure(confusion_figure(matrix, classes), out, "confusion matrix")
 
 
 def mistakes_figure(
@@ -253,7 +297,7 @@ def save_mistakes(
 ) -> Path:
     """Draw the most confident wrong predictions (the caller sorts them) into the PNG file `out`, at most 36, and say
     how many there are in all (`total`)."""
-    return save_figure(mistakes_figure(images, true, pred, prob, total), out)
+    return save_figure(mistakes_figure(images, true, pred, prob, total), out, "mistakes")
 
 
 def reliability_figure(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> Any:
@@ -293,7 +337,7 @@ def reliability_figure(confidences: np.ndarray, correct: np.ndarray, bins: int =
 
 def save_reliability(confidences: np.ndarray, correct: np.ndarray, out: Path, bins: int = 15) -> Path:
     """Draw the reliability diagram of top-class confidences and whether each was right into the PNG file `out`."""
-    return save_figure(reliability_figure(confidences, correct, bins), out)
+    return save_figure(reliability_figure(confidences, correct, bins), out, "reliability")
 
 
 # ---- the learning-rate range test -----------------------------------------------------------------------------
