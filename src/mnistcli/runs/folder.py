@@ -216,8 +216,11 @@ def _is_temp(name: str) -> bool:
 
 def clean_temp_files(out: Path) -> None:
     """Remove what killed writes left behind; they never hold anything a finished write did not replace."""
-    for p in out.glob(".*.tmp"):
-        if _is_temp(p.name) and (p.is_symlink() or p.is_file()):
+    cached = (
+        [p for p in (out / FEATURES).glob(".*.tmp") if _is_feature_file(p.name)] if (out / FEATURES).is_dir() else []
+    )
+    for p in [*out.glob(".*.tmp"), *cached]:
+        if (_is_temp(p.name) or p in cached) and (p.is_symlink() or p.is_file()):
             log.info("removed %s, left by an interrupted write", p)
             p.unlink(missing_ok=True)
 
