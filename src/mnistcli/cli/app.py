@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -114,8 +115,14 @@ def _usage_line(exc: Any) -> str:
 def main() -> None:
     """Console-script entry point: exit codes 0 ok, 1 unexpected failure, 2 bad input, 130 Ctrl-C, 143 SIGTERM."""
     signal.signal(signal.SIGTERM, _terminate)  # from the first moment: imports and data loading stop cleanly too
+    _open_streams()
     try:
         code = app(args=_bare_resume(sys.argv[1:]), prog_name="mnistcli", standalone_mode=False)
+    except SystemExit as exc:  # click ends a command whose output pipe closed (`mnistcli models | head -1`) so
+        if not _broken_pipe(exc.__context__):
+            raise
+        _silence(1)
+        code = 141  # as a shell reports a process ended by SIGPIPE: an ordinary end, no traceback, no line
     except ClickException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `mnistcli`: the help, in the message
             if exc.format_message().strip():
@@ -127,6 +134,32 @@ def main() -> None:
         code = 143 if isinstance(exc, Terminated) else 130
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command is over: a SIGTERM now ends the exit, not a handler
     _exit(code if isinstance(code, int) else 0)
+
+
+def _open_streams() -> None:
+    """Standard output or error closed by the caller (`>&-`, `2>&-`): /dev/null takes its place, so nothing the
+    command prints fails and no file the command opens is given that descriptor by chance."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            _silence(fd)
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 (lives as long as the process)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115
+
+
+def _silence(fd: int) -> None:
+    """Point descriptor `fd` at /dev/null (a broken or closed stream): what is still written there goes nowhere."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    if null != fd:
+        os.dup2(null, fd)
+        os.close(null)
+
+
+def _broken_pipe(exc: BaseException | None) -> bool:
+    """Whether an exception is a write into a pipe whose reader has gone."""
+    return isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE)
 
 
 def _exit(code: int) -> None:

@@ -3,16 +3,20 @@ log lines go. Torch-free, like everything the CLI imports before a command runs.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from ..utils.errors import Terminated, UserError
 from ..utils.extras import broken_install
+from ..utils.names import shown
 
 
 def run(fn: Callable[[], Any]) -> Any:
@@ -21,19 +25,35 @@ def run(fn: Callable[[], Any]) -> Any:
         return fn()
     except UserError as exc:
         for line in str(exc).splitlines():  # a config with several problems: one line each
-            typer.echo(f"error: {line}", err=True)
+            say(f"error: {line}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # exit codes as shells report signals: 128 + the signal's number
         name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for the run, a stop included
-            typer.echo(f"stopped by {name}", err=True)
+            say(f"stopped by {name}")
         raise typer.Exit(code) from None
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        name = shown(str(exc.filename or ""))
+        say(
+            f"error: {name[:60]}{'...' if len(name) > 60 else ''}: the path is too long (a name over 255 bytes or "
+            "a path over 4,096); give a shorter one"
+        )
+        raise typer.Exit(2) from None
     except Exception as exc:
         line = broken_install(exc)  # torch or torchvision that cannot be imported: the user's install to mend
         if line is None:
             raise
-        typer.echo(f"error: {line}", err=True)
+        say(f"error: {line}")
         raise typer.Exit(2) from None
+
+
+def say(line: str) -> None:
+    """A line on stderr; a stderr that cannot take it (closed, a broken pipe) changes nothing else: the exit code
+    stays the one the line goes with."""
+    with contextlib.suppress(OSError, ValueError):
+        typer.echo(line, err=True)
 
 
 def setup_logging(quiet: bool) -> None:
@@ -44,3 +64,10 @@ def setup_logging(quiet: bool) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+
+
+def file_arg(path: Path | None, option: str) -> Path | None:
+    """A file named on the command line: an empty name ('' reaches us as '.') or a folder's '..' is one line."""
+    if path is not None and path.name in ("", ".", ".."):
+        raise UserError(f"{option} {str(path)!r}: not a file name; give a file, e.g. {option} runs/x/best.pt")
+    return path

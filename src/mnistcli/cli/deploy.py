@@ -10,7 +10,8 @@ from typing import Any
 import typer
 
 from ..utils.errors import UserError
-from .call import run, setup_logging
+from ..utils.names import shown
+from .call import file_arg, run, setup_logging
 
 
 def export(
@@ -47,6 +48,8 @@ def export(
     setup_logging(False)
 
     def work() -> dict[str, Any]:
+        file_arg(ckpt, "--ckpt")
+        file_arg(out, "--out")
         from ..deploy.export import export_checkpoint
 
         return export_checkpoint(ckpt, fmt, out, input_kind, check_images, device, tta)
@@ -108,6 +111,8 @@ def predict(
     """Predicted class and top-k probabilities for each image, from the checkpoint alone or an exported model."""
 
     def work() -> list[dict[str, Any]]:
+        for path, option in ((ckpt, "--ckpt"), (model, "--model"), (output, "--output"), (show_input, "--show-input")):
+            file_arg(path, option)
         if output is not None and as_json:
             raise UserError("--json and --output: give one of them (--output FILE.jsonl writes the JSON lines)")
         from ..deploy.predict import check_output, check_source, predict_images, write_output
@@ -126,17 +131,16 @@ def predict(
         typer.echo(f"wrote {len(results)} row(s) to {output}")
     for res in results:
         if "error" in res:
-            typer.echo(f"error: {res['error']}", err=True)
+            typer.echo(f"error: {shown(res['error'])}", err=True)
         elif output is not None:
             continue
         elif as_json:
             typer.echo(json.dumps(res))
         else:
             top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in res["topk"])
-            seen = f"  input: {res['input_png']}" if "input_png" in res else ""
-            typer.echo(
-                f"{res['path']}: {res['label']} (index {res['index']}, p={res['probability']:.3f})  top: {top}{seen}"
-            )
+            seen = f"  input: {shown(res['input_png'])}" if "input_png" in res else ""
+            name = shown(res["path"])  # a file name that is not valid UTF-8 or holds control characters: escaped
+            typer.echo(f"{name}: {res['label']} (index {res['index']}, p={res['probability']:.3f})  top: {top}{seen}")
     failed = sum("error" in r for r in results)
     if failed:
         typer.echo(f"error: {failed} of {len(results)} image(s) could not be predicted", err=True)

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from ..utils.errors import UserError
-from .call import run, setup_logging
+from .call import file_arg, run, setup_logging
 
 
 def eval_(
@@ -54,7 +54,7 @@ def eval_(
     """Accuracy (with its 95% interval), loss, per-class precision/recall/F1, the confusion matrix and the
     calibration error of a checkpoint on a split of its dataset; saved as a JSON report."""
     setup_logging(as_json)
-    run(lambda: _single_process(len(ckpt) > 1, calibrate))
+    run(lambda: [file_arg(c, "--ckpt") for c in ckpt] and _single_process(len(ckpt) > 1, calibrate))
     if len(ckpt) > 1:
         _compare(ckpt, split, data_root, device, as_json)
         return

@@ -81,15 +81,19 @@ def train(
 ) -> None:
     """Train and validate every epoch; write best.pt, last.pt, config.yaml, metrics.csv and curves.png."""
     setup_logging(quiet)
-    if nproc is not None:
-        run(lambda: _torchrun(nproc))
 
-    def work() -> dict[str, Any]:
+    def settings() -> list[str]:
         if out is not None and not out.strip():
             raise UserError("--out: the folder name is empty; give a folder, e.g. --out runs/try1")
         given = {"--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--device": device}
         given["--tensorboard"] = True if tensorboard else None
-        sets = list(set_ or []) + _shortcuts(list(set_ or []), given)
+        return list(set_ or []) + _shortcuts(list(set_ or []), given)
+
+    if nproc is not None:
+        run(lambda: _torchrun(nproc, config, settings()))
+
+    def work() -> dict[str, Any]:
+        sets = settings()
         from ..training.train import TrainingInterrupted
         from ..training.train import train as run_train
 
@@ -113,10 +117,14 @@ def train(
     )
 
 
-def _torchrun(nproc: int) -> None:
-    """`--nproc N`: this same command, without --nproc, as N processes started by torchrun's agent."""
+def _torchrun(nproc: int, config: Path, sets: list[str]) -> None:
+    """`--nproc N`: this same command, without --nproc, as N processes started by torchrun's agent. The config is
+    checked here first, so a bad one is one line and exit 2 rather than a failure of each rank."""
     if "WORLD_SIZE" in os.environ:
-        raise UserError("--nproc: this process was already started by torchrun; give one of them")
+        raise UserError("--nproc: this process was already started by torchrun (WORLD_SIZE is set); give one of them")
+    from ..config.schema import load_config
+
+    load_config(config, sets)
     args, skip = [], False
     for arg in sys.argv[sys.argv[1:].index("train") + 2 :]:
         if skip or arg == "--nproc" or arg.startswith("--nproc="):

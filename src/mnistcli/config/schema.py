@@ -250,7 +250,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, str
                 node[part] = {}
             node = node[part]
         node[path[-1]] = value
-        origins[".".join(path)] = f"--set '{expr}'"
+        dotted = ".".join(path)
+        origins.pop(dotted, None)  # a key set twice: its place in the order is the last --set's
+        origins[dotted] = f"--set '{expr}'"
     return origins
 
 
@@ -276,8 +278,9 @@ def _present(data: Any, prefix: str = "") -> set[str]:
 
 
 def _source(dotted: str, origins: dict[str, str], where: str) -> str:
-    """The `--set` a key came from (or that set a key inside it), else the config file."""
-    for key, expr in origins.items():
+    """The `--set` a key came from (or that set a key inside it), else the config file; of several, the last, whose
+    value is the one that stands."""
+    for key, expr in reversed(origins.items()):
         if dotted == key or dotted.startswith(f"{key}.") or key.startswith(f"{dotted}."):
             return expr
     return where

@@ -6,6 +6,7 @@ import csv
 import glob
 import io
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,9 +22,11 @@ from ..data.preprocess import MAX_PIXELS, open_image, save_pixels
 from ..runs.checkpoint import load_model
 from ..utils.errors import UserError
 from ..utils.files import writable_folder, write_new
+from ..utils.names import shown
 from ..utils.runtime import resolve_device
 
 BATCH = 256  # images per forward pass
+log = logging.getLogger(__name__)
 PATTERN_CHARS = frozenset("*?[")  # what makes an argument a glob pattern
 OUTPUT_FORMATS = (".csv", ".jsonl")
 NOT_A_NUMBER = (
@@ -141,17 +144,37 @@ def expand_images(args: Iterable[str | Path]) -> list[Path]:
 
 
 def images_in(folder: Path) -> list[Path]:
-    """Image files in a folder and its sub-folders, sorted; hidden ones skipped, links followed once."""
+    """Image files in a folder and its sub-folders, sorted; hidden ones skipped. A link to a folder inside the tree
+    is followed once; a link to a folder outside it is not (`predict /proc` would otherwise search the whole file
+    system through /proc/*/root), and how many were skipped is said."""
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
+    tree = os.path.realpath(folder)
+    outside: list[str] = []
     for top, dirs, files in os.walk(folder, followlinks=True):
         here = os.stat(top)
         if (here.st_dev, here.st_ino) in seen:  # a link back up the tree: already searched
             dirs[:] = []
             continue
         seen.add((here.st_dev, here.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: which name reaches a folder is fixed
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):  # sorted: which name reaches a folder is fixed
+            path = os.path.join(top, d)
+            real = os.path.realpath(path)
+            if os.path.islink(path) and os.path.commonpath([tree, real]) != tree:
+                outside.append(path)
+            else:
+                kept.append(d)
+        dirs[:] = kept
         found += [Path(top) / f for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    if outside:
+        log.warning(
+            "%s: not following %d link(s) to folders outside it: %s%s",
+            folder,
+            len(outside),
+            ", ".join(shown(p) for p in outside[:3]),
+            f" and {len(outside) - 3} more" if len(outside) > 3 else "",
+        )
     if not found:
         raise UserError(f"{folder}: no image files in this folder or below; looked for {', '.join(IMAGE_EXTENSIONS)}")
     return sorted(found)

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -78,12 +79,42 @@ class ShardBatches(Sampler[list[int]]):
             yield batch[self.world.part(len(batch))].tolist()
 
 
+WORLD_VARIABLES = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun gives every rank
+
+
 def launched() -> World:
-    """The world torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK); a single one otherwise."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    """The world torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK); a single one otherwise.
+    Variables left in a shell that describe no world torchrun made are one line, before anything waits on them."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(raw)
+    except ValueError:
+        raise UserError(f"WORLD_SIZE={raw!r} in the environment is not a number of processes; unset it") from None
     if size <= 1:
         return SINGLE
-    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    missing = [name for name in WORLD_VARIABLES if not os.environ.get(name)]
+    rank = os.environ.get("RANK", "")
+    if missing or not rank.isdigit() or int(rank) >= size:
+        what = f"{', '.join(missing)} unset" if missing else f"RANK={rank!r} is not a rank of {size}"
+        raise UserError(
+            f"WORLD_SIZE={size} is set in the environment but {what}: these are torchrun's, left in the shell; "
+            "unset WORLD_SIZE and RANK to train in one process, or start several with --nproc N or torchrun"
+        )
+    return World(int(rank), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def follow_parent(signum: int = signal.SIGTERM) -> None:
+    """Under torchrun: have the kernel send `signum` to this rank when the process that started it dies, even by
+    SIGKILL (Linux's parent-death signal), so ranks never train on as orphans holding the run folder; a stop by
+    SIGTERM writes interrupted.pt as any stop does. A parent already gone stops the rank at once."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the launcher died while the signal was asked for
+        os.kill(os.getpid(), signum)
 
 
 def device_name(name: str, world: World) -> str:
@@ -97,6 +128,7 @@ def start(world: World, device: torch.device, timeout_s: float) -> None:
     """Join the process group: nccl on CUDA, gloo elsewhere; a collective that waits `timeout_s` fails."""
     if not world.active or dist.is_initialized():
         return
+    follow_parent()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -277,11 +309,11 @@ def launch(nproc: int, args: list[str]) -> int:
     except SignalException as stop:  # passed on to the ranks: rank 0 has written interrupted.pt and said so
         return 128 + int(stop.sigval)
     except ChildFailedError as failed:
-        # a rank killed by a signal says nothing itself: name it (SIGTERM last: the agent sends it to the ranks left);
-        # any other failed rank has printed its own line
+        # the first rank to fail is the cause (SIGTERM last: the agent sends it to the ranks left once one fails);
+        # a rank killed by a signal says nothing itself, so it is named; any other has printed its own line
         rank, first = min(
             failed.failures.items(),
-            key=lambda kv: (kv[1].exitcode >= 0, kv[1].exitcode == -signal.SIGTERM, kv[1].timestamp, kv[0]),
+            key=lambda kv: (kv[1].exitcode == -signal.SIGTERM, kv[1].timestamp, kv[0]),
         )
         if first.exitcode >= 0:
             return first.exitcode
