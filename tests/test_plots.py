@@ -208,7 +208,11 @@ def test_mistakes_grid_titles_each_image_with_true_pred_and_probability(tmp_path
     assert "The 36 most confident of 40 mistakes, most confident first" in texts
     assert "true T-shirt/top / pred Dress (0.99)" in texts and "true Ankle boot / pred Pullover (0.88)" in texts
     assert sum(len(ax.images) for ax in fig.axes) == 36
-    assert png(save_figure(fig, tmp_path / "m.png", "mistakes")).shape == (1550, 1440, 3)  # 6 x 6 images of 2.4 x 2.5 in
+    assert png(save_figure(fig, tmp_path / "m.png", "mistakes")).shape == (
+        1550,
+        1440,
+        3,
+    )  # 6 x 6 images of 2.4 x 2.5 in
     rgb = np.stack([images[:2]] * 3, axis=-1)
     assert png(save_mistakes(rgb, true[:2], pred[:2], prob[:2], tmp_path / "rgb.png")).std() > 20
     assert "no wrong predictions" in figure_texts(mistakes_figure(images[:0], [], [], []))

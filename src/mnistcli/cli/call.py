@@ -14,9 +14,8 @@ from typing import Any
 
 import typer
 
-from ..utils.errors import Terminated, UserError
+from ..utils.errors import Terminated, UserError, too_long
 from ..utils.extras import broken_install
-from ..utils.names import shown
 
 
 def run(fn: Callable[[], Any]) -> Any:
@@ -35,11 +34,7 @@ def run(fn: Callable[[], Any]) -> Any:
     except OSError as exc:
         if exc.errno != errno.ENAMETOOLONG:
             raise
-        name = shown(str(exc.filename or ""))
-        say(
-            f"error: {name[:60]}{'...' if len(name) > 60 else ''}: the path is too long (a name over 255 bytes or "
-            "a path over 4,096); give a shorter one"
-        )
+        say(f"error: {too_long(exc.filename or '')}")
         raise typer.Exit(2) from None
     except Exception as exc:
         line = broken_install(exc)  # torch or torchvision that cannot be imported: the user's install to mend

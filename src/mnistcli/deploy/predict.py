@@ -201,9 +201,10 @@ def write_output(results: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(buf, columns, lineterminator="\n")
         writer.writeheader()
         for res in results:
-            writer.writerow({**res, "topk": json.dumps(res["topk"]) if "topk" in res else ""})
+            named = {k: shown(res[k]) for k in ("path", "error") if k in res}  # one line per image, always
+            writer.writerow({**res, **named, "topk": json.dumps(res["topk"]) if "topk" in res else ""})
         text = buf.getvalue()
-    # a file name that is not valid UTF-8 is written escaped (\udcff), never as bytes that break the CSV's encoding
+    # a file name that is not valid UTF-8 is written escaped (\udce9), never as bytes that break the CSV's encoding
     data = text.encode("utf-8", "backslashreplace")
     write_new(path, data, f"--output {path}: a file of that name appeared while predicting; it was not replaced")
 

@@ -13,7 +13,6 @@ import math
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -103,18 +102,19 @@ def launched() -> World:
     return World(int(rank), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def follow_parent(signum: int = signal.SIGTERM) -> None:
-    """Under torchrun: have the kernel send `signum` to this rank when the process that started it dies, even by
-    SIGKILL (Linux's parent-death signal), so ranks never train on as orphans holding the run folder; a stop by
-    SIGTERM writes interrupted.pt as any stop does. A parent already gone stops the rank at once."""
+def follow_parent(signum: int = signal.SIGTERM, every_s: float = 0.5) -> None:
+    """Under torchrun: stop this rank with one `signum` when the process that started it dies, even by SIGKILL, so
+    ranks never train on as orphans holding the run folder; a stop by SIGTERM writes interrupted.pt as any stop
+    does. A watcher thread sees the parent change (the rank is handed to another process). Linux's parent-death
+    signal is not used: it fires once per exiting thread of the parent, and a second signal stops a run at once."""
     parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        import ctypes
 
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent:  # the launcher died while the signal was asked for
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
         os.kill(os.getpid(), signum)
+
+    threading.Thread(target=watch, name="mnistcli-parent-watch", daemon=True).start()
 
 
 def device_name(name: str, world: World) -> str:

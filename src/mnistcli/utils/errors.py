@@ -61,5 +61,14 @@ def no_space(path: Path, code: int, sizes: str = "") -> UserError:
     return UserError(f"{path.parent}: {NO_SPACE[code]} to write {path.name}{sizes}")
 
 
+def too_long(path: str | Path) -> UserError:
+    """A path the system refuses as too long, in one line that shows its start only."""
+    name = str(path) if str(path).isprintable() else repr(str(path))
+    return UserError(
+        f"{name[:60]}{'...' if len(name) > 60 else ''}: the path is too long (a name over 255 bytes or a path over "
+        "4,096); give a shorter one"
+    )
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside the training loop: unwinds like Ctrl-C (cleanup runs), exits 143 (128 + 15)."""

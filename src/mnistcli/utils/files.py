@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import UserError, no_space, space_errno
+from .errors import UserError, no_space, space_errno, too_long
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX; Windows has no symbolic links to follow by accident here
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -173,6 +173,8 @@ def write_error(path: Path, exc: OSError) -> UserError:
     code = space_errno(exc)
     if code is not None:
         return no_space(path, code)
+    if exc.errno == errno.ENAMETOOLONG:
+        return too_long(path)
     if isinstance(exc, FileExistsError) or exc.errno == errno.ELOOP:
         where = exc.filename or path
         return UserError(f"{where}: a file or link is in the way of a temporary file; it was left as it is")
