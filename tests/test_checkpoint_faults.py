@@ -238,8 +238,8 @@ def test_a_huge_layer_is_refused_before_any_weights_are_allocated(run: Path, tmp
     torch.save(ckpt, tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError) as err:
         load_model(tmp_path / "ckpt.pt")
-    assert (
-        str(err.value) == f"{tmp_path / 'ckpt.pt'}: state_dict.classifier.1.bias is [8] but arch needs [100000000000]"
+    assert str(err.value).startswith(  # the machine's memory first, then the stored shapes
+        f"{tmp_path / 'ckpt.pt'}: arch needs 296160.6 GiB for its 79,500,000,000,054 parameters but this machine has "
     )
 
 

@@ -44,7 +44,10 @@ def export(
     ),
 ) -> None:
     """Export a checkpoint as one file that takes images at the stored shape and returns class probabilities
-    (pipeline and calibration inside); it is kept only if, loaded back with its runtime, it matches PyTorch."""
+    (pipeline and calibration inside); it is kept only if, loaded back with its runtime, it matches PyTorch.
+
+    A TorchScript file runs its code: load only files you trust. An ONNX file holds a graph and runs no Python
+    code."""
     setup_logging(False)
 
     def work() -> dict[str, Any]:
@@ -83,7 +86,8 @@ def predict(
         "--model",
         metavar="FILE",
         help="Instead of --ckpt: a TorchScript or ONNX file written by `mnistcli export` (classes and input spec "
-        "are read from the file).",
+        "are read from the file). A TorchScript file runs its code: load only files you trust; an ONNX file runs "
+        "no Python code, and a graph that loops is refused.",
     ),
     topk: int = typer.Option(3, "--topk", help="How many classes to list per image."),
     preprocess: str = typer.Option("auto", "--preprocess", help="auto | mnist | none: how images are prepared."),

@@ -24,6 +24,7 @@ import torch
 from ..data.input_spec import InputSpec
 from ..utils.errors import UserError
 from ..utils.extras import require
+from ..utils.names import class_names_problem
 
 FORMAT = "mnistcli-export"  # the marker every export's metadata carries
 FORMAT_VERSION = 1
@@ -47,8 +48,37 @@ class ExportedModel:
     run: Callable[[torch.Tensor], torch.Tensor]  # a batch as the file takes it -> float32 probabilities, CPU
 
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Stored uint8 pixels (N, C, H, W) -> class probabilities (N, classes), float32 on the CPU."""
-        return self.run(pixels.float().div(255) if self.meta["input"]["kind"] == "float" else pixels)
+        """Stored uint8 pixels (N, C, H, W) -> class probabilities (N, classes), float32 on the CPU; outputs that
+        are not probabilities (negative, above 1, not summing to 1, not finite) are refused, not printed."""
+        out = self.run(pixels.float().div(255) if self.meta["input"]["kind"] == "float" else pixels)
+        problem = not_probabilities(out)
+        if problem:
+            raise UserError(f"{self.path}: its outputs are not probabilities ({problem}); export the model again")
+        return out
+
+
+PROBABILITY_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within about 1e-6; exports are checked to 1e-4
+
+
+def not_probabilities(out: torch.Tensor) -> str | None:
+    """What is wrong with a batch of outputs as class probabilities, or None: each row finite, each value in [0, 1]
+    and each row summing to 1."""
+    if out.dim() != 2 or not out.numel():
+        return f"shape {list(out.shape)}"
+    if not bool(torch.isfinite(out).all()):
+        return "values that are not finite"
+    low, high = float(out.min()), float(out.max())
+    sums = out.double().sum(dim=1)
+    worst = float((sums - 1).abs().max())
+    if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE or worst > PROBABILITY_TOLERANCE:
+        return f"values from {low:.4g} to {high:.4g}, rows summing to {float(sums.min()):.4g}..{float(sums.max()):.4g}"
+    return None
+
+
+# Operators that repeat a sub-graph a number of times the file chooses: an image classifier needs none, and a file
+# holding one could run for ever (a Loop of 2^62 steps is a 27 kB file); refused before anything runs.
+ONNX_LOOPS = frozenset({"Loop", "Scan"})
+TORCHSCRIPT_LOOPS = frozenset({"prim::Loop"})
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
@@ -71,9 +101,9 @@ def parse_metadata(text: str, path: Path) -> tuple[dict[str, Any], InputSpec]:
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
         raise UserError(f"{path}: export format version {version!r}; this mnistcli reads 1 to {FORMAT_VERSION}")
-    classes = meta.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise UserError(f"{path}: the metadata's 'classes' must be a non-empty list of names")
+    problem = class_names_problem(meta.get("classes"), "the metadata's classes")  # the checkpoint's rule
+    if problem:
+        raise UserError(f"{path}: {problem}")
     io = (meta.get("input"), meta.get("output"))
     if not all(isinstance(part, dict) and isinstance(part.get("name"), str) for part in io):
         raise UserError(f"{path}: the metadata's 'input' and 'output' must each name a tensor")
@@ -125,6 +155,12 @@ def _torchscript(path: Path, device: torch.device) -> ExportedModel:
             module = torch.jit.load(str(path), map_location=device).eval()
     except RuntimeError as exc:
         raise UserError(f"{path}: cannot load the TorchScript file ({_first_line(exc)})") from None
+    loops = sorted({node.kind() for node in _ts_nodes(module.inlined_graph)} & TORCHSCRIPT_LOOPS)
+    if loops:
+        raise UserError(
+            f"{path}: its TorchScript code holds a loop ({', '.join(loops)}), which no exported classifier has; "
+            "not run (an export of `mnistcli export` is traced: straight-line code)"
+        )
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -133,9 +169,47 @@ def _torchscript(path: Path, device: torch.device) -> ExportedModel:
     return _checked(ExportedModel(path, "torchscript", meta, spec, meta["classes"], run))
 
 
+def _ts_nodes(graph: Any) -> Any:
+    """Every node of a TorchScript graph, those inside the blocks of control flow included."""
+    for node in graph.nodes():
+        yield node
+        for block in node.blocks():
+            yield from _ts_nodes(block)
+
+
+def _onnx_ops(graph: Any) -> set[str]:
+    """The operator types of an ONNX graph and of the sub-graphs its nodes hold (If's branches, Loop's body)."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else list(attr.graphs):
+                ops |= _onnx_ops(sub)
+    return ops
+
+
+def _check_onnx_ops(path: Path) -> None:
+    """Refuse an ONNX file whose graph (or a function it defines) holds a loop, before onnxruntime runs it."""
+    onnx = require("onnx", "onnx", f"{path}: reading an ONNX model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all: onnxruntime's refusal below says so
+        return
+    ops = _onnx_ops(proto.graph)
+    for function in proto.functions:
+        ops |= {node.op_type for node in function.node}
+    loops = sorted(ops & ONNX_LOOPS)
+    if loops:
+        raise UserError(
+            f"{path}: its graph holds {', '.join(loops)}, an operator that repeats a sub-graph and that no exported "
+            "classifier has; not run"
+        )
+
+
 def _onnx(path: Path) -> ExportedModel:
     """An ONNX export, run by onnxruntime on the CPU."""
     ort = require("onnxruntime", "onnx", f"{path}: running an ONNX model")
+    _check_onnx_ops(path)
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own InvalidProtobuf, Fail, ... for files it cannot read
@@ -191,6 +265,8 @@ def _checked(model: ExportedModel) -> ExportedModel:
     blank = torch.zeros((1, *model.spec.stored), dtype=torch.uint8)
     try:
         out = model.probabilities(blank)
+    except UserError:
+        raise
     except Exception as exc:  # a runtime's own error for an input the graph does not take
         raise UserError(
             f"{model.path}: does not run on the input its metadata describes ({_first_line(exc)})"

@@ -17,7 +17,7 @@ from ..config.validate import RANGES
 from ..data.input_spec import CROP_RATIO
 from ..models.choices import ACTIVATIONS
 from ..models.families import MODELS, build_model, family_of, upgrade_arch
-from ..models.probe import probe_model
+from ..models.probe import available_bytes, probe_model
 from ..utils.errors import CheckpointError, UserError, no_space, space_errno, unknown_name
 from ..utils.files import temp_file, write_error
 from ..utils.names import class_names_problem
@@ -263,6 +263,12 @@ def _values_problem(state: Mapping[str, torch.Tensor]) -> str | None:
     """Every stored parameter and buffer finite, and floating point where the network computes with it (batch
     norm's `num_batches_tracked` is the one integer buffer): NaN or integer weights give NaN or constant answers."""
     for key, value in state.items():
+        held = value.untyped_storage().nbytes() // max(value.element_size(), 1)
+        if value.numel() > held:  # a view repeating a few stored values (stride 0): no weights torch.save makes
+            return (
+                f"state_dict.{key} is {list(value.shape)} but its file stores {held} value(s) for it; the weights are "
+                "corrupt"
+            )
         if key.endswith("num_batches_tracked"):
             continue
         if not value.is_floating_point():
@@ -360,6 +366,12 @@ def _weights_problem(ckpt: dict[str, Any]) -> str | None:
         size = probe_model(arch, tuple(shape), 2, "arch")
     except UserError as exc:
         return str(exc)
+    available = available_bytes(torch.device("cpu"))
+    if available is not None and size.param_bytes > available:  # checked before building it for real
+        return (
+            f"arch needs {size.param_bytes / 2**30:.1f} GiB for its {size.parameters:,} parameters but this machine "
+            f"has {available / 2**30:.1f} GiB available"
+        )
     if size.output_shape[-1] != len(classes):
         width = size.output_shape[-1]
         return f"classes has {len(classes)} names but arch gives {width} outputs; there must be one name per output"
