@@ -27,6 +27,7 @@ from .datasets import DATASETS, check_same_classes, load_split
 from .image_folder import Unreadable, report_unreadable, warn_skipped
 from .input_spec import InputSpec
 from .pipeline import BatchMix, BatchTransform, SampleTransform
+from .records import folder_record
 from .subsets import part_settings, select_parts, take, targets_of
 
 if TYPE_CHECKING:
@@ -234,9 +235,13 @@ def collate_readable(samples: list[tuple[Any, int]]) -> tuple[torch.Tensor, torc
     return images, targets, bad
 
 
-def _open(cfg: Config, spec: InputSpec, split: str, memory: bool) -> tuple[Any, list[str]]:
-    """Open one split as tensors (memory) or as a dataset yielding uint8 samples."""
+def _open(
+    cfg: Config, spec: InputSpec, split: str, memory: bool, records: dict[str, Any] | None = None
+) -> tuple[Any, list[str]]:
+    """Open one split as tensors (memory) or as a dataset yielding uint8 samples; its files go into `records`."""
     ds = load_split(cfg.data, split, SampleTransform(spec))
+    if records is not None:
+        records[split] = folder_record(ds)
     # a part of a dataset that keeps its labels is chosen from them: only the chosen images are decoded, later
     lazy = bool(part_settings(cfg)) and getattr(ds, "targets", None) is not None
     return (_to_tensors(ds, spec) if memory and not lazy else ds), DATASETS[cfg.data.name].classes(ds)
@@ -252,23 +257,29 @@ def split_indices(n: int, val_split: float | int, seed: int) -> tuple[torch.Tens
 
 
 def open_splits(
-    cfg: Config, spec: InputSpec, names: list[str], classes: list[str] | None = None
+    cfg: Config,
+    spec: InputSpec,
+    names: list[str],
+    classes: list[str] | None = None,
+    records: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Open the named splits ('train', 'val', 'test'); val comes from val_dir or a seeded split of train."""
+    """Open the named splits ('train', 'val', 'test'); val comes from val_dir or a seeded split of train.
+    `records`, when given, receives what each folder opened was made of (`records.folder_record`): 'train' is the
+    pool a drawn validation split comes from."""
     memory = use_memory(cfg, spec)
     parts: dict[str, Any] = {}
     if {"train", "val"} & set(names):
-        pool, classes = _open(cfg, spec, "train", memory)
+        pool, classes = _open(cfg, spec, "train", memory, records)
         if cfg.data.val_dir:
             parts["train"] = pool
-            parts["val"], val_classes = _open(cfg, spec, "val", memory)
+            parts["val"], val_classes = _open(cfg, spec, "val", memory, records)
             check_same_classes(classes, val_classes, "val")
         else:
             n = len(pool[1]) if isinstance(pool, tuple) else len(pool)
             train_idx, val_idx = split_indices(n, cfg.data.val_split, cfg.seed)
             parts["train"], parts["val"] = take(pool, train_idx), take(pool, val_idx)
     if "test" in names:
-        parts["test"], test_classes = _open(cfg, spec, "test", memory)
+        parts["test"], test_classes = _open(cfg, spec, "test", memory, records)
         if classes is not None:
             check_same_classes(classes, test_classes, "test")
         classes = classes or test_classes

@@ -15,6 +15,7 @@ from torch import nn
 from ..config.schema import Config, load_config
 from ..data.loaders import make_batches, open_splits
 from ..data.pipeline import check_tta, tta_views
+from ..data.records import check_unchanged
 from ..data.subsets import part_settings, targets_of
 from ..engine import evaluate
 from ..losses import eval_loss
@@ -161,7 +162,15 @@ def open_for_eval(
     if trained_on and not part:  # a quick trial is still scored on the whole split: numbers comparable to full runs
         log.info("note: trained on part of each split (%s); evaluating on the whole %s split", trained_on, split)
         cfg.data.fraction, cfg.data.limit = 1.0, None
-    splits, _ = open_splits(cfg, info["input_spec"], [split], classes=info["classes"])
+    records: dict[str, Any] = {}
+    splits, _ = open_splits(cfg, info["input_spec"], [split], classes=info["classes"], records=records)
+    if split in ("train", "val") and data_root is None and like is None:  # 'val' is exactly the split the run used
+        check_unchanged(
+            {k: v for k, v in (info.get("splits") or {}).items() if k in records},
+            records,
+            f"{Path(ckpt_path).name} was trained",
+            f"its '{split}' split would not be the one the run used; restore the folder, or evaluate on --split test",
+        )
     return Opened(Path(ckpt_path), model, info, cfg, split, splits[split], dev)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config.validate import RANGES
 from ..data.input_spec import CROP_RATIO
+from ..data.records import record_problem
 from ..models.choices import ACTIVATIONS
 from ..models.families import MODELS, build_model, family_of, upgrade_arch
 from ..models.probe import available_bytes, probe_model
@@ -25,7 +26,7 @@ from ..utils.safeload import read_tensors
 
 FORMAT = "mnistcli"
 FORMAT_VERSION = 2  # 2: may hold `temperature` (probabilities are softmax(output / temperature))
-INFO_KEYS = ("classes", "input_spec", "metrics", "epoch", "arch", "config", "versions")
+INFO_KEYS = ("classes", "input_spec", "metrics", "epoch", "arch", "config", "versions", "splits")
 
 
 def payload(
@@ -38,8 +39,10 @@ def payload(
     config: dict[str, Any],
     versions: dict[str, Any],
     resume: dict[str, Any] | None = None,
+    splits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything a checkpoint holds, as tensors and plain data; `resume` (training state) only in resumable ones."""
+    """Everything a checkpoint holds, as tensors and plain data; `resume` (training state) only in resumable ones;
+    `splits`: what the image folders the run read were made of (data/records.py), by split."""
     out = {
         "arch": arch,
         "state_dict": model.state_dict(),
@@ -50,6 +53,8 @@ def payload(
         "config": config,
         "versions": versions,
     }
+    if splits:
+        out["splits"] = splits
     if resume is not None:
         out["resume"] = resume
     return out
@@ -236,9 +241,23 @@ def metadata_problem(ckpt: dict[str, Any]) -> str | None:
         or _arch_problem(ckpt.get("arch"))
         or _temperature_problem(ckpt)
         or _info_problem(ckpt)
+        or _splits_problem(ckpt.get("splits"))
         or _weights_problem(ckpt)
         or _values_problem(ckpt["state_dict"])
     )
+
+
+def _splits_problem(splits: Any) -> str | None:
+    """The record of the folders the run read, when present: split name -> a folder record."""
+    if splits is None:
+        return None
+    if not isinstance(splits, dict):
+        return f"splits is {type(splits).__name__}; must be a mapping of split names to records"
+    for name, record in splits.items():
+        problem = record_problem(record)
+        if problem:
+            return f"splits.{name} {problem}"
+    return None
 
 
 def _temperature_problem(ckpt: dict[str, Any]) -> str | None:

@@ -42,7 +42,7 @@ def _checkpoint(run: Run, epoch: int, resume: dict[str, Any] | None) -> dict[str
     }
     model = run.average.model if run.average is not None else run.model
     spec, config = run.spec.to_dict(), run.cfg.to_dict()
-    return payload(model, run.arch, run.classes, spec, epoch, metrics, config, run.versions, resume)
+    return payload(model, run.arch, run.classes, spec, epoch, metrics, config, run.versions, resume, run.splits)
 
 
 def stalled(cfg: Config, rows: list[dict[str, Any]]) -> str | None:

@@ -49,6 +49,7 @@ class Run:
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
     partial: dict[str, Any] | None = None  # sums of an epoch interrupted part-way
     versions: dict[str, Any] = field(default_factory=dict)  # software, commit and device, for every checkpoint
+    splits: dict[str, Any] = field(default_factory=dict)  # what the image folders read were made of, by split
     step_model: nn.Module | None = None  # what the loop calls: the model, or its torch.compile wrapper
     run_id: str = ""  # identifies the run across resumes: the run folder's owner
     world: World = SINGLE  # this process's rank among torchrun's processes

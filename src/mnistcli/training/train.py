@@ -15,6 +15,7 @@ import torch
 from ..config.schema import Config, load_config
 from ..data.input_spec import input_spec
 from ..data.loaders import make_batches, open_splits
+from ..data.records import check_unchanged
 from ..data.subsets import targets_of
 from ..losses import class_weights
 from ..models.families import MODELS
@@ -179,7 +180,16 @@ def _build(
         check_fits(probe_model(family.spec(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size), device)
     cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
     with watch("data"):
-        splits, classes = open_splits(cfg, spec, ["train", "val"])  # missing data reported before missing weights
+        records: dict[str, Any] = {}
+        splits, classes = open_splits(cfg, spec, ["train", "val"], records=records)  # data before missing weights
+    if ckpt is not None:  # the validation split is drawn from the same files, or a trained image could land in it
+        check_unchanged(
+            ckpt.get("splits") or {},
+            records,
+            "this run started",
+            "a resume would draw the validation split anew, and images the model trained on could land in it: "
+            "restore the folder, or start a new run (--out DIR)",
+        )
     weights = None
     if family.transfer and cfg.model.pretrained and ckpt is None:
         from ..models.backbones import fetch_pretrained
@@ -207,6 +217,7 @@ def _build(
         model = build_run_model(cfg, arch, device, cl, weights)
         run = new_run(cfg, out, device, spec, arch, classes, model, batches, world, counts)
     run.versions, run.run_id = run_versions(device), run_id
+    run.splits = {k: v for k, v in records.items() if v is not None}
     if world.rank:  # the model is built alike everywhere; dropout masks from here on differ per rank
         torch.manual_seed(cfg.seed + world.rank)
     if ckpt is not None:
