@@ -1,6 +1,7 @@
 """What a split was made of, recorded in every checkpoint so that a later `eval --split val|train` and a `--resume`
-use exactly the images the run used, or say what changed: an image folder's files, by path relative to its root
-and size, in the order the split is drawn from. Datasets of fixed files (IDX, generated data) need no record.
+use exactly the images the run used, or say what changed: an image folder's files, by path relative to its root,
+in the order the split is drawn from. A file whose pixels change keeps its place in the split (the feature cache
+notices it); one added or removed moves the others. Datasets of fixed files (IDX, generated data) need no record.
 Torch-free."""
 
 from __future__ import annotations
@@ -23,11 +24,7 @@ def folder_record(ds: Any) -> dict[str, Any] | None:
     digest, names = hashlib.sha256(), []
     for path, _ in samples:
         name = os.path.relpath(path, root)
-        try:
-            size = os.stat(path).st_size
-        except OSError:
-            size = -1
-        digest.update(name.encode("utf-8", "surrogateescape") + b"\0" + str(size).encode() + b"\n")
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
         names.append(name)
     return {
         "root": str(root),
@@ -63,7 +60,7 @@ def what_changed(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     ]
     if parts:
         return ", ".join(parts)
-    return "the same file names, but some files changed size" if old["files"] == new["files"] else "files reordered"
+    return "the same files in another order"
 
 
 def _some(names: list[str], first: int = 3) -> str:

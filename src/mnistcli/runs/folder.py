@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ..utils.errors import UserError
+from ..utils.errors import UserError, option
 from ..utils.files import CLOEXEC, NOFOLLOW, open_new, read_own, temp_path, write_atomic, write_error
 from ..utils.names import shown
 from ..utils.yamlfile import read_yaml_file
@@ -60,7 +60,7 @@ def newest_resumable(out: Path) -> Path:
     """The run folder's newest checkpoint to resume from: interrupted.pt or last.pt."""
     found = [p for p in (out / INTERRUPTED, out / LAST) if p.is_file()]
     if not found:
-        raise UserError(f"--resume: no {INTERRUPTED} or {LAST} in {out} to resume from")
+        raise UserError(f"{option('--resume')}: no {INTERRUPTED} or {LAST} in {out} to resume from")
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
@@ -134,7 +134,7 @@ def read_owner(out: Path) -> str | None:
 def _describe(out: Path, names: list[str]) -> str:
     """Why a new run may not write into a folder that holds files."""
     if INTERRUPTED in names:
-        return f"{out} holds an interrupted run ({INTERRUPTED}); continue it with --resume"
+        return f"{out} holds an interrupted run ({INTERRUPTED}); continue it with {option('--resume')}"
     if any(n in names for n in (BEST, LAST)):
         return f"{out} already holds a finished run ({', '.join(n for n in (BEST, LAST) if n in names)})"
     return f"{out} is not empty (it holds {_shown(names)}) and is not a run of this config"
@@ -168,7 +168,7 @@ def check_out_dir(out: Path, run_id: str | None, resumed_from: Path | None, over
         if (out / folder).is_symlink():
             raise UserError(
                 f"{out / folder}: is a link; a run writes its own {folder}/ folder there and never through a link: "
-                "remove the link, or give --out DIR for a new folder"
+                f"remove the link, or give {option('--out DIR')} for a new folder"
             )
     owner = read_owner(out)
     run_folder = is_run_folder(out, names)
@@ -179,14 +179,15 @@ def check_out_dir(out: Path, run_id: str | None, resumed_from: Path | None, over
         if not overwrite or not run_folder:
             raise UserError(
                 f"cannot resume {resumed_from} into {out}: the folder holds another run's files; "
-                "resume in the checkpoint's own folder (leave out --out) or give an empty --out DIR"
+                f"resume in the checkpoint's own folder (leave out {option('--out')}) or give an empty "
+                f"{option('--out DIR')}"
             )
         return True
     if not run_folder:
-        refused = " (--overwrite replaces only a run's own files)" if overwrite else ""
+        refused = f" ({option('--overwrite')} replaces only a run's own files)" if overwrite else ""
         raise UserError(
             f"{out} is not empty (it holds {_shown(names)}) and is not a run folder{refused}; "
-            "give --out DIR for a new or empty folder"
+            f"give {option('--out DIR')} for a new or empty folder"
         )
     if overwrite:
         return True
@@ -197,7 +198,10 @@ def check_out_dir(out: Path, run_id: str | None, resumed_from: Path | None, over
     )
     if abandoned:  # a run stopped before its first epoch ended: nothing in it worth keeping
         return True
-    raise UserError(f"{_describe(out, names)}; pass --overwrite to replace it, or --out DIR for a new folder")
+    raise UserError(
+        f"{_describe(out, names)}; pass {option('--overwrite')} to replace it, or {option('--out DIR')} for a new "
+        "folder"
+    )
 
 
 def _has_rows(out: Path) -> bool:
@@ -274,7 +278,7 @@ def make_out_dir(out: Path) -> None:
         open_new(probe).close()
         os.unlink(probe)
     except FileExistsError:
-        raise UserError(f"{out}: is a file, not a folder; give --out a folder") from None
+        raise UserError(f"{out}: is a file, not a folder; give {option('--out')} a folder") from None
     except OSError as exc:
         raise UserError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
 
@@ -300,7 +304,7 @@ def _open_lock(path: Path, out: Path) -> Any:
         if exc.errno == errno.ELOOP:
             raise UserError(
                 f"{path}: is a symbolic link; the run folder's lock is a file of mnistcli's own and a link is never "
-                "written through: remove the link, or use --out DIR"
+                f"written through: remove the link, or use {option('--out DIR')}"
             ) from None
         raise write_error(path, exc) from None  # no inode left, or the folder became read-only
     f = open(fd, "r+", encoding="utf-8", errors="replace")
@@ -309,14 +313,15 @@ def _open_lock(path: Path, out: Path) -> Any:
         f.close()
         what = "not a plain file" if not stat.S_ISREG(info.st_mode) else "a hard link to another file"
         raise UserError(
-            f"{path}: is {what}; the run folder's lock is never written through: remove it, or use --out DIR"
+            f"{path}: is {what}; the run folder's lock is never written through: remove it, or use "
+            f"{option('--out DIR')}"
         )
     text = f.read(4096)
     if text.strip() and _lock_holder(text) is None:
         f.close()
         raise UserError(
             f"{path}: holds something mnistcli did not write (its lock holds a process id); it is left as it is: "
-            "remove it, or use --out DIR"
+            f"remove it, or use {option('--out DIR')}"
         )
     return f
 
@@ -341,7 +346,7 @@ def locked(out: Path) -> Iterator[None]:
             f.close()
             raise UserError(
                 f"{out} is in use by another training run (process {holder}); wait for it to finish, stop it, "
-                "or use --out DIR"
+                f"or use {option('--out DIR')}"
             ) from None
         try:
             same = os.fstat(f.fileno()).st_ino == os.lstat(path).st_ino

@@ -24,6 +24,7 @@ from ..runs.checkpoint import load_checkpoint
 from ..runs.folder import claimed, run_folder, write_config
 from ..runs.views import RunViews
 from ..utils import distributed as ddp
+from ..utils.errors import option
 from ..utils.progress import Display, ensure_visible, resolve
 from ..utils.runtime import fast_math, keep_freed_memory, resolve_device, run_versions, seed_everything
 from ..utils.stopwatch import Stopwatch, since_launch
@@ -50,8 +51,10 @@ def train(
     progress: bool | str | None = "auto",
     log_every: float | None = None,
     launched: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train from a YAML path, dict or Config (plus `a.b=value` overrides); returns the run's metrics.
+    overwrite: a new run may replace an earlier run's files in its folder (output.overwrite).
 
     progress: 'auto' (bars in a terminal or notebook, plain lines otherwise), 'bar', 'lines' or 'off' (also
     True/False); log_every: the least seconds between two progress lines (default 30). quiet: no progress and
@@ -61,6 +64,8 @@ def train(
         cfg = load_config(source, overrides)
     if out is not None:
         cfg.output.dir = str(out)
+    if overwrite:
+        cfg.output.overwrite = True
     display = resolve(progress, quiet, log_every)
     if not quiet:
         ensure_visible()
@@ -188,7 +193,7 @@ def _build(
             records,
             "this run started",
             "a resume would draw the validation split anew, and images the model trained on could land in it: "
-            "restore the folder, or start a new run (--out DIR)",
+            f"restore the folder, or start a new run ({option('--out DIR')})",
         )
     weights = None
     if family.transfer and cfg.model.pretrained and ckpt is None:

@@ -309,11 +309,12 @@ def launch(nproc: int, args: list[str]) -> int:
     except SignalException as stop:  # passed on to the ranks: rank 0 has written interrupted.pt and said so
         return 128 + int(stop.sigval)
     except ChildFailedError as failed:
-        # the first rank to fail is the cause (SIGTERM last: the agent sends it to the ranks left once one fails);
-        # a rank killed by a signal says nothing itself, so it is named; any other has printed its own line
+        # the cause: a rank killed by a signal other than SIGTERM (it says nothing itself, so it is named), else the
+        # first rank that exited with its own code (it has printed its line: a bad config is exit 2), and SIGTERM
+        # last, which the agent sends to the ranks left once one has failed
         rank, first = min(
             failed.failures.items(),
-            key=lambda kv: (kv[1].exitcode == -signal.SIGTERM, kv[1].timestamp, kv[0]),
+            key=lambda kv: (kv[1].exitcode == -signal.SIGTERM, kv[1].exitcode >= 0, kv[1].timestamp, kv[0]),
         )
         if first.exitcode >= 0:
             return first.exitcode

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import errno
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 NO_SPACE = {errno.ENOSPC: "no space left on the device", getattr(errno, "EDQUOT", -1): "disk quota exceeded"}
@@ -72,3 +74,23 @@ def too_long(path: str | Path) -> UserError:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside the training loop: unwinds like Ctrl-C (cleanup runs), exits 143 (128 + 15)."""
+
+
+# How an error names what the user can change: a command-line option in the CLI, a parameter in the Python API.
+API_NAMES = {"--overwrite": "overwrite=True", "--out DIR": "out=DIR", "--out": "out", "--resume": "resume"}
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("mnistcli_caller", default="cli")
+
+
+@contextlib.contextmanager
+def python_api() -> Iterator[None]:
+    """Within: errors name the Python API's parameters (`overwrite=True`) instead of the CLI's options."""
+    token = _CALLER.set("api")
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def option(flag: str) -> str:
+    """`flag` as the caller spells it: the option itself in the CLI, the parameter in the Python API."""
+    return API_NAMES.get(flag, flag) if _CALLER.get() == "api" else flag
