@@ -73,6 +73,14 @@ def test_fresh_clone_default_config_would_start(runs: dict[str, Result]) -> None
     assert "ok       output: checkpoints/mnist_cnn (created by the run; checkpoints is writable)" in out
     names = [line.split()[1] for line in out[:-1]]
     assert names[:4] == ["versions:", "cpu:", "cuda:", "mps:"]  # no CUDA device on the test machines
+    from mnistcli.config.schema import load_config
+    from mnistcli.models.families import MODELS, build_model
+
+    cfg = load_config(REPO / "configs" / "mnist_cnn.yaml")  # the model as training builds it: MNIST's 10 classes
+    built = build_model(MODELS[cfg.model.name].spec(cfg.model, [1, 28, 28], 10))
+    count = sum(p.numel() for p in built.parameters())
+    (model,) = [line for line in out if line.startswith("ok       model: ")]
+    assert model.startswith(f"ok       model: cnn, {count:,} parameters, 1x28x28 input; activations about ")
     assert out[0].startswith(f"ok       versions: Python {sys.version.split()[0]}, torch ")
 
 

@@ -55,6 +55,8 @@ class DatasetInfo:
     folder: str | None = None  # IDX datasets: the folder under data.root (torchvision's class name), files in raw/
     files: tuple[str, ...] = ()  # IDX datasets: the unpacked train images, train labels, test images, test labels
     sizes: tuple[int, int, int] | None = None  # published (classes, train images, test images); None: not fixed
+    # how many classes a config's data has, known without opening the dataset; None: only by reading it
+    num_classes: Callable[[DataConfig], int | None] = field(default=lambda c: None)
 
 
 def _decompress_idx(raw: Path, files: tuple[str, ...]) -> None:
@@ -172,6 +174,7 @@ def _idx_info(
         folder=folder,
         files=files,
         sizes=sizes,
+        num_classes=lambda c: sizes[0],
     )
 
 
@@ -192,6 +195,14 @@ def _fake(cfg: DataConfig, split: str, transform: Any) -> Any:
     ds = datasets.FakeData(size, tuple(cfg.fake_shape), cfg.fake_classes, transform=transform, random_offset=offset)
     ds.classes = [str(i) for i in range(cfg.fake_classes)]
     return ds
+
+
+def _folder_classes(cfg: DataConfig) -> int | None:
+    """The class folders of data.train_dir (sub-folders not starting with '.', as torchvision finds them)."""
+    try:
+        return sum(1 for e in os.scandir(cfg.train_dir or "") if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -220,6 +231,7 @@ DATASETS: dict[str, DatasetInfo] = {
             frozenset({"data.train_dir", "data.val_dir", "data.test_dir", "data.on_bad_file", "data.max_pixels"}),
             lambda c: None,
             lambda c: None,
+            num_classes=_folder_classes,
         ),
         DatasetInfo(
             "fake",
@@ -228,6 +240,7 @@ DATASETS: dict[str, DatasetInfo] = {
             lambda c: (c.fake_shape[0], c.fake_shape[1], c.fake_shape[2]) if c else None,
             lambda c: c.fake_size + max(c.fake_size // 4, 1),
             ((0.5,), (0.5,)),
+            num_classes=lambda c: c.fake_classes,
         ),
     )
 }

@@ -162,6 +162,7 @@ def _device(cfg: Config) -> tuple[Check, torch.device | None]:
 
 def _model(cfg: Config, device: torch.device) -> Check:
     """The network built on the meta device for the run's input, and whether training it fits in memory."""
+    from ..data.datasets import DATASETS
     from ..data.input_spec import input_spec
     from ..models.families import MODELS
     from ..models.probe import check_fits, probe_model
@@ -169,13 +170,16 @@ def _model(cfg: Config, device: torch.device) -> Check:
     try:
         spec = input_spec(cfg)
         in_shape = (spec.channels, *spec.size)
-        size = probe_model(MODELS[cfg.model.name].spec(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size)
+        classes = DATASETS[cfg.data.name].num_classes(cfg.data) or 2  # unknown before reading: a lower bound
+        size = probe_model(
+            MODELS[cfg.model.name].spec(cfg.model, list(in_shape), classes), in_shape, cfg.data.batch_size
+        )
         check_fits(size, device)
     except UserError as exc:
         return Check("model", False, str(exc))
     shape = "x".join(map(str, in_shape))
     detail = (
-        f"{cfg.model.name}, {size.parameters / 1e6:.2f} M parameters, {shape} input; activations about "
+        f"{cfg.model.name}, {size.parameters:,} parameters, {shape} input; activations about "
         f"{size.activation_bytes / MB:.0f} MB per batch of {cfg.data.batch_size}: fits on {device}"
     )
     return Check("model", True, detail)
