@@ -183,7 +183,7 @@ def test_help_imports_no_torch() -> None:
             "error: mnistcli predict: Invalid value for '--topk': Input should be a valid integer, unable to parse "
             "string as an integer (see 'mnistcli predict --help')",
         ),
-        (["train"], "error: mnistcli train: Missing argument 'config'. (see 'mnistcli train --help')"),
+        (["train"], "error: mnistcli train: Missing argument 'CONFIG'. (see 'mnistcli train --help')"),
         (["bogus"], "error: mnistcli: No such command 'bogus'. (see 'mnistcli --help')"),
         (["eval", "--ckpt", "a.pt", "--splt", "val"], "error: mnistcli eval: No such option: --splt"),
     ],

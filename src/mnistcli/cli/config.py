@@ -35,7 +35,9 @@ def _changed(resolved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
 
 @config_app.command("show")
 def show(
-    config: Path = typer.Argument(..., help="YAML experiment config."),
+    config: Path | None = typer.Argument(
+        None, metavar="CONFIG", help="YAML experiment config; without it, the defaults, commented, to start from."
+    ),
     set_: list[str] | None = typer.Option(
         None, "--set", metavar="KEY=VALUE", help="Override a config key by dotted path (YAML value); repeatable."
     ),
@@ -44,7 +46,13 @@ def show(
     ),
 ) -> None:
     """Print the fully resolved config as YAML (defaults, then the file, then --set), as a run saves it in
-    config.yaml; keys the chosen dataset, model, loss, optimizer and schedule do not read are left out."""
+    config.yaml; keys the chosen dataset, model, loss, optimizer and schedule do not read are left out. Without a
+    CONFIG: the defaults, each key with what it means (`mnistcli config show > my.yaml` starts a config)."""
+    if config is None and not set_ and not diff:
+        from ..config.json_schema import commented_defaults
+
+        typer.echo(run(commented_defaults), nl=False)
+        return
 
     def work() -> dict[str, Any]:
         from ..config.schema import Config, load_config
@@ -164,7 +172,9 @@ def datasets_(
 
 
 def doctor(
-    config: Path | None = typer.Argument(None, help="YAML experiment config; without it, the environment only."),
+    config: Path | None = typer.Argument(
+        None, metavar="CONFIG", help="YAML experiment config; without it, the environment only."
+    ),
     set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
 ) -> None:
     """What a run would use (versions, devices, data, weights, output folder) and what would stop it before it

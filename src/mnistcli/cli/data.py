@@ -19,8 +19,8 @@ MB = 1e6  # bytes: sizes print in decimal megabytes, as file managers show them
 
 @data_app.command("show")
 def data_show(
-    config: Path = typer.Argument(..., help="YAML experiment config."),
-    split: str = typer.Option("train", "--split", help="train | val | test."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML experiment config."),
+    split: str = typer.Option("train", "--split", metavar="SPLIT", help="train | val | test."),
     set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
     out: Path | None = typer.Option(
         None, "--out", metavar="FILE", help="PNG to write (a new file) [default: <config>_<split>_samples.png]."
@@ -44,7 +44,7 @@ def data_show(
 
 @data_app.command("audit")
 def data_audit(
-    config: Path = typer.Argument(..., help="YAML experiment config."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML experiment config."),
     set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:

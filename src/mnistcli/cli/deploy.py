@@ -15,7 +15,7 @@ from .call import file_arg, run, setup_logging
 
 
 def export(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint written by `mnistcli train`."),
+    ckpt: Path = typer.Option(..., "--ckpt", metavar="CKPT", help="Checkpoint written by `mnistcli train`."),
     fmt: str = typer.Option(
         ..., "--format", metavar="torchscript|onnx", help="torchscript (torch.jit) or onnx (needs the onnx extra)."
     ),
@@ -80,7 +80,7 @@ def predict(
         help="Image files (PNG, JPEG, ...), folders (searched with their sub-folders for image files) or patterns "
         "such as 'photos/*.jpg'.",
     ),
-    ckpt: Path | None = typer.Option(None, "--ckpt", help="Checkpoint written by `mnistcli train`."),
+    ckpt: Path | None = typer.Option(None, "--ckpt", metavar="CKPT", help="Checkpoint written by `mnistcli train`."),
     model: Path | None = typer.Option(
         None,
         "--model",
@@ -89,9 +89,13 @@ def predict(
         "are read from the file). A TorchScript file runs its code: load only files you trust; an ONNX file runs "
         "no Python code, and a graph that loops is refused.",
     ),
-    topk: int = typer.Option(3, "--topk", help="How many classes to list per image."),
-    preprocess: str = typer.Option("auto", "--preprocess", help="auto | mnist | none: how images are prepared."),
-    show_input: Path | None = typer.Option(None, "--show-input", help="Save what the network saw, as PNG, here."),
+    topk: int = typer.Option(3, "--topk", metavar="K", help="How many classes to list per image."),
+    preprocess: str = typer.Option(
+        "auto", "--preprocess", metavar="auto|mnist|none", help="auto | mnist | none: how images are prepared."
+    ),
+    show_input: Path | None = typer.Option(
+        None, "--show-input", metavar="DIR", help="Save what the network saw, as PNG, here."
+    ),
     max_pixels: int = typer.Option(
         64_000_000,
         "--max-pixels",

@@ -16,14 +16,22 @@ from .call import file_arg, run, setup_logging
 
 
 def eval_(
-    ckpt: list[Path] = typer.Option(
-        ..., "--ckpt", help="Checkpoint written by `mnistcli train`; give it twice to compare two on the same images."
+    given: list[Path] | None = typer.Argument(
+        None,
+        metavar="CKPT",
+        help="Checkpoint written by `mnistcli train` (as --ckpt); two of them: compared on the same images.",
     ),
-    split: str = typer.Option("test", "--split", help="test | val | train."),
+    ckpt_option: list[Path] | None = typer.Option(
+        None,
+        "--ckpt",
+        metavar="CKPT",
+        help="Checkpoint written by `mnistcli train`; give it twice to compare two on the same images.",
+    ),
+    split: str = typer.Option("test", "--split", metavar="test|val|train", help="test | val | train."),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="Where the dataset lives (image_folder: the split's folder)."
+        None, "--data-root", metavar="DIR", help="Where the dataset lives (image_folder: the split's folder)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
+    device: str = typer.Option("auto", "--device", metavar="D", help="auto | cpu | cuda | cuda:N | mps."),
     report: Path | None = typer.Option(
         None,
         "--report",
@@ -54,7 +62,8 @@ def eval_(
     """Accuracy (with its 95% interval), loss, per-class precision/recall/F1, the confusion matrix and the
     calibration error of a checkpoint on a split of its dataset; saved as a JSON report."""
     setup_logging(as_json)
-    run(lambda: [file_arg(c, "--ckpt") for c in ckpt] and _single_process(len(ckpt) > 1, calibrate))
+    ckpt = [*(given or []), *(ckpt_option or [])]
+    run(lambda: _checkpoints(ckpt) and _single_process(len(ckpt) > 1, calibrate))
     if len(ckpt) > 1:
         _compare(ckpt, split, data_root, device, as_json)
         return
@@ -89,6 +98,15 @@ def eval_(
 
 
 PICTURES = ("confusion_matrix.png", "mistakes.png", "reliability.png")
+
+
+def _checkpoints(ckpts: list[Path]) -> list[Path]:
+    """One checkpoint, or two to compare, named as arguments or with --ckpt."""
+    if not ckpts:
+        raise UserError("eval: no checkpoint given; mnistcli eval CKPT (or --ckpt CKPT), e.g. checkpoints/x/best.pt")
+    if len(ckpts) > 2:
+        raise UserError(f"eval: {len(ckpts)} checkpoints given; give one, or two to compare")
+    return [file_arg(c, "--ckpt") for c in ckpts]
 
 
 def _single_process(compare: bool, calibrate: bool) -> None:

@@ -46,7 +46,7 @@ def _yaml_number(x: float) -> str:
 
 
 def train(
-    config: Path = typer.Argument(..., help="YAML experiment config, e.g. configs/mnist_cnn.yaml."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML experiment config, e.g. configs/mnist_cnn.yaml."),
     set_: list[str] | None = typer.Option(
         None, "--set", metavar="KEY=VALUE", help="Override a config key by dotted path (YAML value); repeatable."
     ),
@@ -166,11 +166,15 @@ def plot(
 
 
 def lr_find(
-    config: Path = typer.Argument(..., help="YAML experiment config."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML experiment config."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key (repeatable)."),
-    steps: int = typer.Option(200, "--steps", help="Optimizer steps of the test (the split repeats as needed)."),
-    start: float = typer.Option(1e-7, "--start", help="The first learning rate."),
-    end: float = typer.Option(10.0, "--end", help="The last learning rate (the test stops early once it diverges)."),
+    steps: int = typer.Option(
+        200, "--steps", metavar="N", help="Optimizer steps of the test (the split repeats as needed)."
+    ),
+    start: float = typer.Option(1e-7, "--start", metavar="LR", help="The first learning rate."),
+    end: float = typer.Option(
+        10.0, "--end", metavar="LR", help="The last learning rate (the test stops early once it diverges)."
+    ),
     out: Path = typer.Option(
         Path("lr_find.png"), "--out", metavar="FILE", help="The curve's PNG (needs the plots extra); never replaced."
     ),
@@ -208,12 +212,12 @@ def lr_find(
 
 
 def sweep(
-    config: Path = typer.Argument(..., help="YAML experiment config."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML experiment config."),
     grid: list[str] = typer.Option(
         ..., "--grid", metavar="KEY=[V1,V2,...]", help="A key and the values to try; repeatable: every combination."
     ),
     set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a key in every run."),
-    out: Path | None = typer.Option(None, "--out", help="Sweep folder [default: sweeps/<config name>]."),
+    out: Path | None = typer.Option(None, "--out", metavar="DIR", help="Sweep folder [default: sweeps/<config name>]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-epoch lines."),
 ) -> None:
     """Train every combination of the grid, each in its own run folder; write sweep.csv, best first. Re-running the

@@ -17,6 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from ..data.datasets import DATASETS
 from ..losses import LOSSES
 from ..models.choices import ACTIVATIONS
@@ -243,3 +245,28 @@ def config_schema() -> dict[str, Any]:
     body = _section(Config(), "", comments())
     head = {"$schema": DRAFT, "title": "mnistcli experiment config"}
     return {**head, **body, "allOf": read_rules()}
+
+
+def commented_defaults() -> str:
+    """The default config as YAML, each key with its comment from schema.py: a starter config ready to save (it
+    loads again as it is); keys the default dataset, model and schedule do not read are left out, as in
+    config.yaml."""
+    notes = comments()
+    lines: list[str] = []
+
+    def emit(obj: Any, data: dict[str, Any], indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            if f.name not in data:
+                continue
+            value, note = data[f.name], notes.get((type(obj).__name__, f.name), "")
+            child = getattr(obj, f.name)
+            if dataclasses.is_dataclass(child) and isinstance(value, dict):
+                lines.append(f"{indent}{f.name}:{f'  # {note}' if note else ''}")
+                emit(child, value, indent + "  ")
+                continue
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+            lines.append(f"{indent}{f.name}: {text}{f'  # {note}' if note else ''}")
+
+    default = Config()
+    emit(default, default.to_dict(), "")
+    return "\n".join(lines) + "\n"
