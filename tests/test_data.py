@@ -55,12 +55,26 @@ def test_offline_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytes
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:
-    tr, va = split_indices(100, 0.2, seed=3)
-    tr2, va2 = split_indices(100, 0.2, seed=3)
+    targets = torch.arange(100) % 10
+    tr, va = split_indices(targets, 0.2, seed=3)
+    tr2, va2 = split_indices(targets, 0.2, seed=3)
     assert torch.equal(va, va2) and len(va) == 20 and len(tr) == 80
     assert sorted(torch.cat([tr, va]).tolist()) == list(range(100))
-    assert not torch.equal(split_indices(100, 0.2, seed=4)[1], va)
-    assert len(split_indices(100, 30, seed=0)[1]) == 30  # a count
+    assert not torch.equal(split_indices(targets, 0.2, seed=4)[1], va)
+    assert len(split_indices(targets, 30, seed=0)[1]) == 30  # a count
+
+
+def test_the_validation_split_holds_each_classs_share() -> None:
+    targets = torch.tensor([0] * 50 + [1] * 50)  # 100 balanced photos: cats and dogs
+    tr, va = split_indices(targets, 0.15, seed=0)
+    assert torch.bincount(targets[va]).tolist() == [8, 7]  # 7.5 each: the tie goes to the first class
+    uneven = torch.tensor([0] * 70 + [1] * 20 + [2] * 10)
+    _, va = split_indices(uneven, 10, seed=5)  # a count: exact, each class its share
+    assert torch.bincount(uneven[va]).tolist() == [7, 2, 1]
+    # the plain draw of earlier versions, kept for their runs: the same indices as then
+    tr, va = split_indices(targets, 0.15, seed=0, by_class=False)
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(va, order[:15]) and torch.equal(tr, order[15:])
 
 
 def test_fake_data(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ class DataConfig:
     val_dir: str | None = None  # image_folder: validation folder (else val_split of train_dir)
     test_dir: str | None = None  # image_folder: test folder, used by `eval`
     val_split: float | int = 0.1  # fraction (< 1) or count (>= 1) of the training set held out
+    val_by_class: bool = True  # each class holds out its share of val_split; false: one draw over all images
     fraction: float = 1.0  # share of each split used (seeded, each class keeps its share); 1.0: all of it
     limit: int | None = None  # at most this many images per split (seeded, class-balanced); None: no cap
     batch_size: int = 128  # training images per step
@@ -301,6 +302,8 @@ def load_config(
         data, where, stem = copy.deepcopy(source or {}), "config", "experiment"  # never touch the caller's dict
     else:
         data, where, stem = read_yaml(source), str(source), Path(source).stem
+    if stored and isinstance(data.get("data"), dict) and "val_by_class" not in data["data"]:
+        data["data"]["val_by_class"] = False  # saved before the stratified split: its split was one draw
     origins = apply_overrides(data, list(overrides or []))
     problems: Problems = []
     cfg = build_dataclass(Config, data, "", problems, FOREIGN_KEYS)

@@ -247,13 +247,33 @@ def _open(
     return (_to_tensors(ds, spec) if memory and not lazy else ds), DATASETS[cfg.data.name].classes(ds)
 
 
-def split_indices(n: int, val_split: float | int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded (train, val) index split of n samples; val_split is a fraction (< 1) or a count."""
+def split_indices(
+    targets: torch.Tensor, val_split: float | int, seed: int, by_class: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train, val) index split of the samples whose classes are `targets`; val_split is a fraction (< 1) or
+    a count. `by_class` (data.val_by_class): each class holds out its share of the validation images (the largest
+    remainders round up, so the count is exact); else one seeded draw over all samples (runs made before the
+    stratified split recorded none, and keep theirs)."""
+    n = len(targets)
     n_val = val_split if isinstance(val_split, int) else round(n * val_split)
     if not 0 < n_val < n:
         raise UserError(f"data.val_split {val_split} leaves {n - n_val} training and {n_val} validation samples of {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[n_val:], order[:n_val]
+    generator = torch.Generator().manual_seed(seed)
+    if not by_class:
+        order = torch.randperm(n, generator=generator)
+        return order[n_val:], order[:n_val]
+    classes, counts = torch.unique(torch.as_tensor(targets), return_counts=True)
+    exact = counts.double() * n_val / n
+    keep = exact.floor().long()
+    keep[torch.argsort(exact - keep, descending=True, stable=True)[: n_val - int(keep.sum())]] += 1
+    chosen = []
+    for c, k in zip(classes.tolist(), keep.tolist()):
+        members = (torch.as_tensor(targets) == c).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    val = torch.cat(chosen).sort().values
+    held = torch.zeros(n, dtype=torch.bool)
+    held[val] = True
+    return (~held).nonzero().flatten(), val
 
 
 def open_splits(
@@ -275,8 +295,8 @@ def open_splits(
             parts["val"], val_classes = _open(cfg, spec, "val", memory, records)
             check_same_classes(classes, val_classes, "val")
         else:
-            n = len(pool[1]) if isinstance(pool, tuple) else len(pool)
-            train_idx, val_idx = split_indices(n, cfg.data.val_split, cfg.seed)
+            targets = targets_of(pool)
+            train_idx, val_idx = split_indices(targets, cfg.data.val_split, cfg.seed, cfg.data.val_by_class)
             parts["train"], parts["val"] = take(pool, train_idx), take(pool, val_idx)
     if "test" in names:
         parts["test"], test_classes = _open(cfg, spec, "test", memory, records)

@@ -119,7 +119,8 @@ def _audit_parts(cfg: Config, spec: InputSpec) -> dict[str, Part]:
             "val": (val, list(range(len(val.names))), val.bad),
         }
     else:
-        train_idx, val_idx = split_indices(len(pool.names), cfg.data.val_split, cfg.seed)
+        targets = torch.tensor(pool.targets, dtype=torch.int64)
+        train_idx, val_idx = split_indices(targets, cfg.data.val_split, cfg.seed, cfg.data.val_by_class)
         parts = {"train": (pool, train_idx.tolist(), pool.bad), "val": (pool, val_idx.tolist(), [])}
     if has_test(cfg):
         test = _read_pool(cfg, spec, "test")

@@ -20,6 +20,7 @@ from ..data.subsets import targets_of
 from ..utils.errors import UserError, unknown_name
 from ..utils.extras import require
 from ..utils.files import create_new, write_error
+from ..utils.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def sample_figure(
     figure = require("matplotlib.figure", "plots")
     cfg = load_config(source, overrides)
     cfg.data.num_workers = 0  # a few batches: worker processes would cost more than they save
+    seed_everything(cfg.seed)  # as training seeds: the same config shows the same images, mixed the same way
     spec = input_spec(cfg)
     names = ["train", "val"] + (["test"] if split == "test" or has_test(cfg) else [])
     splits, classes = open_splits(cfg, spec, names)

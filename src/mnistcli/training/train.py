@@ -102,6 +102,8 @@ def _fit_rank(
         ckpt = load_checkpoint(source) if source is not None else None
         if ckpt is not None:
             check_training_state(ckpt)
+            # the validation split is drawn as the run first drew it (runs older than the stratified draw kept none)
+            cfg.data.val_by_class = load_config(ckpt["config"], stored=True).data.val_by_class
         if not world.main:
             told = True
             run_id = ddp.broadcast(None)
