@@ -105,7 +105,7 @@ def _checkpoints(ckpts: list[Path]) -> list[Path]:
     if not ckpts:
         raise UserError("eval: no checkpoint given; mnistcli eval CKPT (or --ckpt CKPT), e.g. checkpoints/x/best.pt")
     if len(ckpts) > 2:
-        raise UserError(f"eval: {len(ckpts)} checkpoints given; give one, or two to compare")
+        raise UserError(f"eval: give one checkpoint, or two to compare; got {len(ckpts)}")
     return [file_arg(c, "--ckpt") for c in ckpts]
 
 
@@ -205,8 +205,6 @@ def _compare(ckpts: list[Path], split: str, data_root: Path | None, device: str,
     """Two checkpoints on the same images: accuracies, disagreements, McNemar's exact test."""
 
     def work() -> dict[str, Any]:
-        if len(ckpts) != 2:
-            raise UserError(f"--ckpt: give one checkpoint, or two to compare; got {len(ckpts)}")
         from ..evaluation.scores import compare_checkpoints
 
         return compare_checkpoints(ckpts[0], ckpts[1], split, data_root, device)
