@@ -108,9 +108,17 @@ def test_show_data_never_replaces_a_file(mnist_root: Path, tmp_path: Path, monke
     default.write_bytes(b"mine")
     with pytest.raises(UserError) as err:
         show_data("tiny.yaml", split="val", n=4)
-    assert str(err.value) == "tiny_val_samples.png: the file exists and is never replaced; give a new file name"
+    assert str(err.value) == (
+        "--out tiny_val_samples.png: the file exists; give another file, or --replace to redraw an earlier samples "
+        "picture"
+    )
+    with pytest.raises(UserError, match="exists and is not a samples picture mnistcli made; it is not replaced"):
+        show_data("tiny.yaml", split="val", n=4, replace=True)
     assert default.read_bytes() == b"mine"
     assert show_data("tiny.yaml", n=4)["out"] == "tiny_train_samples.png"
+    first = (tmp_path / "tiny_train_samples.png").read_bytes()
+    assert show_data("tiny.yaml", n=8, replace=True)["out"] == "tiny_train_samples.png"  # our own: redrawn
+    assert (tmp_path / "tiny_train_samples.png").read_bytes() != first
     with pytest.raises(UserError, match=r"^unknown split 'tset' \(did you mean 'test'\?\); allowed: test, train, val$"):
         show_data("tiny.yaml", split="tset")
 

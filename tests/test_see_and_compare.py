@@ -53,7 +53,16 @@ def test_eval_report_pictures_and_calibration(runs: Path, tmp_path: Path) -> Non
     for name in ("confusion_matrix.png", "mistakes.png", "reliability.png"):
         assert Image.open(tmp_path / "pics" / name).size[0] >= 400 and ink(tmp_path / "pics" / name) > 10
     again = cli("eval", "--ckpt", str(runs / "a" / "best.pt"), "--plots", str(tmp_path / "pics"))
-    assert again.returncode == 2 and again.stderr.count("error:") == 1 and "never replaced" in again.stderr
+    assert again.returncode == 2 and again.stderr.count("error:") == 1
+    assert "confusion_matrix.png: the file exists; give another file, or --replace to redraw" in again.stderr
+    before = {name: (tmp_path / "pics" / name).read_bytes() for name in ("confusion_matrix.png", "mistakes.png")}
+    redrawn = cli("eval", "--ckpt", str(runs / "b" / "best.pt"), "--plots", str(tmp_path / "pics"), "--replace")
+    assert redrawn.returncode == 0, redrawn.stderr  # earlier pictures of mnistcli's: redrawn for checkpoint b
+    assert (tmp_path / "pics" / "confusion_matrix.png").read_bytes() != before["confusion_matrix.png"]
+    (tmp_path / "pics" / "mistakes.png").write_bytes(b"my own file")
+    mine = cli("eval", "--ckpt", str(runs / "b" / "best.pt"), "--plots", str(tmp_path / "pics"), "--replace")
+    assert mine.returncode == 2 and "mistakes.png: exists and is not a mistakes picture mnistcli made" in mine.stderr
+    assert (tmp_path / "pics" / "mistakes.png").read_bytes() == b"my own file"
     calibrated = cli("eval", "--ckpt", str(runs / "b" / "best.pt"), "--calibrate", "--no-report")
     assert calibrated.returncode == 0, calibrated.stderr
     assert "calibrated on 60 validation images: temperature" in calibrated.stdout

@@ -26,6 +26,17 @@ LOSSES: dict[str, LossEntry] = {
 }
 
 
+def objective_terms(config: dict[str, Any]) -> list[str]:
+    """What makes the training loss another quantity than the plain cross-entropy validation reports, read from a
+    config as plain data (config.yaml, a checkpoint's): label smoothing, class weights, mixed images; [] when the
+    two losses measure the same thing."""
+    loss, data = config.get("loss") or {}, config.get("data") or {}
+    augment = data.get("augment") or {}
+    terms = [f"label smoothing {loss['label_smoothing']:g}"] if loss.get("label_smoothing") else []
+    terms += ["class weights"] if loss.get("class_weights") is not None else []
+    return terms + [name for name in ("mixup", "cutmix") if augment.get(name)]
+
+
 def build_loss(cfg: Any, class_counts: list[int] | None = None) -> Any:
     """The loss module named by the config's loss section; `class_counts` (training images per class) size
     loss.class_weights (auto: each class weighted by the inverse of its share, so the classes weigh alike)."""

@@ -26,6 +26,9 @@ def data_show(
         None, "--out", metavar="FILE", help="PNG to write (a new file) [default: <config>_<split>_samples.png]."
     ),
     images: int = typer.Option(64, "--images", metavar="N", min=1, help="How many samples to show."),
+    replace: bool = typer.Option(
+        False, "--replace", help="Redraw an earlier samples picture of mnistcli's at --out (nothing else is replaced)."
+    ),
 ) -> None:
     """Save a grid of samples as the network sees them (after training augmentation), with their labels, and print
     the class counts per split."""
@@ -34,7 +37,7 @@ def data_show(
     def work() -> dict[str, Any]:
         from ..tools.data_show import show_data
 
-        return show_data(config, list(set_ or []), split, out, n=images)
+        return show_data(config, list(set_ or []), split, out, n=images, replace=replace)
 
     res = run(work)
     for name, counts in res["counts"].items():

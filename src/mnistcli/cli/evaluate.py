@@ -44,6 +44,9 @@ def eval_(
     plots: Path | None = typer.Option(
         None, "--plots", metavar="DIR", help="Save confusion_matrix.png, mistakes.png and reliability.png into DIR."
     ),
+    replace: bool = typer.Option(
+        False, "--replace", help="With --plots: redraw earlier pictures of mnistcli's there (nothing else is replaced)."
+    ),
     calibrate: bool = typer.Option(
         False,
         "--calibrate",
@@ -77,10 +80,11 @@ def eval_(
         if path is not None:  # before any work: a file that is not an earlier report is refused
             check_report(path, ckpt[0], split, asked=report is not None)
         if plots is not None:
-            _check_plots(plots)
+            _check_plots(plots, replace)
         if calibrate:
             _calibrate(ckpt[0], data_root, device, as_json)
-        return _evaluate(ckpt[0], split, data_root, device, plots, not as_json and sys.stderr.isatty(), tta), path
+        bar = not as_json and sys.stderr.isatty()
+        return _evaluate(ckpt[0], split, data_root, device, plots, bar, tta, replace), path
 
     res, path = run(work)
     if os.environ.get("RANK", "0") != "0":
@@ -98,6 +102,7 @@ def eval_(
 
 
 PICTURES = ("confusion_matrix.png", "mistakes.png", "reliability.png")
+PICTURE_KINDS = ("confusion matrix", "mistakes", "reliability")  # the marks runs/plots.py gives them
 
 
 def _checkpoints(ckpts: list[Path]) -> list[Path]:
@@ -117,14 +122,15 @@ def _single_process(compare: bool, calibrate: bool) -> None:
         raise UserError(f"eval: {what} runs in one process; run it without torchrun")
 
 
-def _check_plots(folder: Path) -> None:
-    """--plots DIR: a folder whose pictures of these names do not exist yet (nothing is ever replaced)."""
+def _check_plots(folder: Path, replace: bool) -> None:
+    """--plots DIR: a folder whose pictures of these names do not exist yet, or (--replace) are earlier pictures of
+    the same kind that mnistcli drew; nothing else is ever replaced."""
+    from ..runs.plots import check_target
     from ..utils.files import writable_folder
 
     writable_folder(folder, "--plots")
-    taken = [name for name in PICTURES if (folder / name).exists()]
-    if taken:
-        raise UserError(f"--plots {folder}: {', '.join(taken)} exist already and are never replaced; give a new DIR")
+    for name, kind in zip(PICTURES, PICTURE_KINDS):
+        check_target(folder / name, kind, replace, "--plots")
 
 
 def _calibrate(ckpt: Path, data_root: Path | None, device: str, quiet: bool) -> None:
@@ -141,7 +147,14 @@ def _calibrate(ckpt: Path, data_root: Path | None, device: str, quiet: bool) -> 
 
 
 def _evaluate(
-    ckpt: Path, split: str, data_root: Path | None, device: str, plots: Path | None, bar: bool, tta: str = "none"
+    ckpt: Path,
+    split: str,
+    data_root: Path | None,
+    device: str,
+    plots: Path | None,
+    bar: bool,
+    tta: str = "none",
+    replace: bool = False,
 ) -> dict:
     """The report; with `plots`, also the confusion matrix, the most confident mistakes and the reliability
     diagram as PNGs."""
@@ -161,7 +174,7 @@ def _evaluate(
     from ..runs.plots import save_confusion_matrix, save_mistakes, save_reliability
 
     res, classes = details.report, details.classes
-    save_confusion_matrix(np.asarray(res["confusion_matrix"]), classes, plots / PICTURES[0])
+    save_confusion_matrix(np.asarray(res["confusion_matrix"]), classes, plots / PICTURES[0], replace)
     worst = details.mistakes
     save_mistakes(
         mistake_images(details.split, worst),
@@ -170,8 +183,9 @@ def _evaluate(
         [float(p) for p in details.confidences[worst]],
         plots / PICTURES[1],
         total=int((~details.correct).sum()),  # all of them, not only those drawn
+        replace=replace,
     )
-    save_reliability(details.confidences, details.correct, plots / PICTURES[2])
+    save_reliability(details.confidences, details.correct, plots / PICTURES[2], replace=replace)
     return {**res, "plots": [str(plots / name) for name in PICTURES]}
 
 

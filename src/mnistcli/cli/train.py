@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import signal
@@ -176,7 +177,10 @@ def lr_find(
         10.0, "--end", metavar="LR", help="The last learning rate (the test stops early once it diverges)."
     ),
     out: Path = typer.Option(
-        Path("lr_find.png"), "--out", metavar="FILE", help="The curve's PNG (needs the plots extra); never replaced."
+        Path("lr_find.png"), "--out", metavar="FILE", help="The curve's PNG (needs the plots extra): a new file."
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Redraw an earlier lr-find curve of mnistcli's at --out (nothing else is replaced)."
     ),
 ) -> None:
     """The learning-rate range test: a few hundred steps at exponentially growing rates, the loss at each, and the
@@ -186,26 +190,26 @@ def lr_find(
     def work() -> dict:
         if out.name in ("", ".", ".."):
             raise UserError(f"--out {out}: not a file name; give a PNG file, e.g. --out lr_find.png")
-        if os.path.lexists(out):
-            raise UserError(f"--out {out}: the file exists and is never replaced; give another FILE")
+        if importlib.util.find_spec("matplotlib") is not None:
+            from ..runs.plots import check_target
+
+            check_target(out, "lr-find", replace)  # before the test runs
         from ..training.lr_find import find_lr
 
         return find_lr(config, list(overrides), steps, start, end)
 
     res = run(work)
     typer.echo(
-        f"suggested lr {res['suggestion']:.3g} (lowest loss at {res['lowest']:.3g}; a tenth of that is a "
-        f"safer pick) for {res['optimizer']}: --set optimizer.lr={res['suggestion']:.3g}"
+        f"suggested lr {res['suggestion']:.3g} (lowest loss at {res['lowest']:.3g}; a tenth of that, "
+        f"{res['lowest'] / 10:.3g}, is a safer pick) for {res['optimizer']}: --set optimizer.lr={res['suggestion']:.3g}"
     )
 
     def draw() -> Path | None:
-        import importlib.util
-
         if importlib.util.find_spec("matplotlib") is None:  # the suggestion stands without the picture
             return None
         from ..runs.plots import lr_find_figure, save_figure
 
-        return save_figure(lr_find_figure(res), out, "lr-find")  # never replaces a file, ours included
+        return save_figure(lr_find_figure(res), out, "lr-find", replace and "lr-find")
 
     drawn = run(draw)
     typer.echo(f"curve: {drawn}" if drawn else "curve: not drawn (install mnistcli[plots] for lr_find.png)")

@@ -14,16 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from ..losses import objective_terms
 from ..utils.errors import UserError
 from ..utils.extras import require
 from ..utils.files import plain_file, read_own, write_atomic, write_new
 from ..utils.metrics import calibration_bins, expected_calibration_error
-from .folder import METRICS, read_metrics
+from .folder import METRICS, read_config, read_metrics
 
 DPI = 100
 MANY_CLASSES = 20  # above this a confusion matrix shows shades only: counts would not fit in the cells
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr_mean", "lr_max")
 STYLE = {"train": "--", "val": "-", "lr_max": "-", "lr_mean": ":"}
+KEY_NAMES = ["train", "val", "best.pt epoch"]
 HOLLOW = {"train", "lr_mean"}  # hollow markers tell these apart where a run has one epoch and so no line
 
 
@@ -62,7 +64,7 @@ def save_figure(fig: Any, out: Path, kind: str, replace: bool | str = False) -> 
     if out.name in ("", ".", ".."):
         raise UserError(f"{out}: not a file name; give a PNG file, e.g. --out curves.png")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={MARK: kind})
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={MARK: kind})
     if os.path.lexists(out):
         if out.is_symlink() or not plain_file(out):
             raise UserError(f"{out}: exists and is {_what(out)}; it is not replaced; give another file")
@@ -74,6 +76,21 @@ def save_figure(fig: Any, out: Path, kind: str, replace: bool | str = False) -> 
     else:
         write_new(out, buf.getvalue(), f"{out}: a file of that name appeared while drawing; it was not replaced")
     return out
+
+
+def check_target(out: Path, kind: str, replace: bool, option: str = "--out") -> None:
+    """Before any work: `out` is free, or (with `replace`, a command's --replace) an earlier picture of `kind` that
+    mnistcli made; anything else there is refused in one line (the same rule `save_figure` applies at the end)."""
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not plain_file(out):
+        raise UserError(f"{option} {out}: exists and is {_what(out)}; it is not replaced; give another file")
+    if not replace:
+        raise UserError(
+            f"{option} {out}: the file exists; give another file, or --replace to redraw an earlier {kind} picture"
+        )
+    if picture_kind(out) != kind:
+        raise UserError(f"{option} {out}: exists and is not a {kind} picture mnistcli made; it is not replaced")
 
 
 def _what(path: Path) -> str:
@@ -198,8 +215,14 @@ def curves_figure(runs: list[Path]) -> Any:
     fig.legend(*zip(*names), loc="lower center", ncol=min(len(names), 3), frameon=False)
     key = {k: _line(STYLE[k], markers, hollow=k in HOLLOW) for k in STYLE}
     star = _line("none", True, marker="*", markersize=12, mec="black", mew=0.8)
-    for ax in (loss, acc):
-        ax.legend([key["train"], key["val"], star], ["train", "val", "best.pt epoch"], fontsize=8, loc="best")
+    terms = sorted({term for run in runs for term in _objective(run)})  # the training loss is another quantity
+    loss.legend(
+        [key["train"], key["val"], star],
+        [f"train (with {', '.join(terms)})", "val (plain cross-entropy)", "best.pt epoch"] if terms else KEY_NAMES,
+        fontsize=8,
+        loc="best",
+    )
+    acc.legend([key["train"], key["val"], star], KEY_NAMES, fontsize=8, loc="best")
     if means:
         lr.legend([key["lr_max"], key["lr_mean"]], ["peak (lr_max)", "mean (lr_mean)"], fontsize=8, loc="best")
     first, last = min(c["epoch"][0] for c in curves), max(c["epoch"][-1] for c in curves)
@@ -209,6 +232,14 @@ def curves_figure(runs: list[Path]) -> Any:
     acc.yaxis.set_major_formatter(require("matplotlib.ticker", "plots").PercentFormatter(1.0))
     lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     return fig
+
+
+def _objective(run: Path) -> list[str]:
+    """What a run's training loss adds to the cross-entropy validation reports (its config.yaml); [] if unknown."""
+    try:
+        return objective_terms(read_config(run))
+    except UserError:  # an older run folder without a readable config.yaml: drawn as before
+        return []
 
 
 def _line(style: str, markers: bool, hollow: bool = False, **kwargs: Any) -> Any:
@@ -258,9 +289,9 @@ def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Any:
     return fig
 
 
-def save_confusion_matrix(matrix: np.ndarray, classes: list[str], out: Path) -> Path:
+def save_confusion_matrix(matrix: np.ndarray, classes: list[str], out: Path, replace: bool = False) -> Path:
     """Draw a confusion matrix (rows: true class, columns: predicted) into the PNG file `out`."""
-    return save_figure(confusion_figure(matrix, classes), out, "confusion matrix")
+    return save_figure(confusion_figure(matrix, classes), out, "confusion matrix", replace and "confusion matrix")
 
 
 def mistakes_figure(
@@ -293,11 +324,17 @@ def mistakes_figure(
 
 
 def save_mistakes(
-    images: np.ndarray, true: list[str], pred: list[str], prob: list[float], out: Path, total: int | None = None
+    images: np.ndarray,
+    true: list[str],
+    pred: list[str],
+    prob: list[float],
+    out: Path,
+    total: int | None = None,
+    replace: bool = False,
 ) -> Path:
     """Draw the most confident wrong predictions (the caller sorts them) into the PNG file `out`, at most 36, and say
     how many there are in all (`total`)."""
-    return save_figure(mistakes_figure(images, true, pred, prob, total), out, "mistakes")
+    return save_figure(mistakes_figure(images, true, pred, prob, total), out, "mistakes", replace and "mistakes")
 
 
 def reliability_figure(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> Any:
@@ -335,20 +372,22 @@ def reliability_figure(confidences: np.ndarray, correct: np.ndarray, bins: int =
     return fig
 
 
-def save_reliability(confidences: np.ndarray, correct: np.ndarray, out: Path, bins: int = 15) -> Path:
+def save_reliability(
+    confidences: np.ndarray, correct: np.ndarray, out: Path, bins: int = 15, replace: bool = False
+) -> Path:
     """Draw the reliability diagram of top-class confidences and whether each was right into the PNG file `out`."""
-    return save_figure(reliability_figure(confidences, correct, bins), out, "reliability")
+    return save_figure(reliability_figure(confidences, correct, bins), out, "reliability", replace and "reliability")
 
 
 # ---- the learning-rate range test -----------------------------------------------------------------------------
 
 
 def lr_find_figure(result: dict[str, Any]) -> Any:
-    """`mnistcli lr-find`'s curve: the smoothed training loss against the learning rate (log axis), the suggested
-    rate and the lowest loss's rate marked."""
+    """`mnistcli lr-find`'s curve: the training loss's moving average against the learning rate (log axis), the
+    suggested rate and the lowest loss's rate marked."""
     fig = _figure("drawing the lr-find curve", figsize=(6.4, 4.0))
     ax = fig.add_subplot()
-    ax.plot(result["lrs"], result["losses"], color="tab:blue", label="training loss (smoothed)")
+    ax.plot(result["lrs"], result["losses"], color="tab:blue", label="training loss (moving average)")
     ax.set_xscale("log")
     ax.axvline(result["suggestion"], color="tab:red", linestyle="--", label=f"suggested lr {result['suggestion']:.2g}")
     ax.axvline(result["lowest"], color="gray", linestyle=":", label=f"lowest loss at {result['lowest']:.2g}")

@@ -3,7 +3,6 @@ class counts per split (with an imbalance warning) that the audit (dataaudit.py)
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -17,9 +16,9 @@ from ..config.schema import Config, load_config
 from ..data.input_spec import InputSpec, input_spec
 from ..data.loaders import make_batches, open_splits
 from ..data.subsets import targets_of
+from ..runs.plots import check_target, save_figure
 from ..utils.errors import UserError, unknown_name
 from ..utils.extras import require
-from ..utils.files import create_new, write_error
 from ..utils.runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -27,6 +26,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 IMBALANCE = 1.5  # largest / smallest class count above which a split is called imbalanced
 CELL_INCH = 1.0  # width of one grid cell; its height adds room for the class name
+SAMPLES = "samples"  # the kind of picture data show draws (the PNG mark that --replace reads)
 DPI = 80  # 8 columns of 1-inch cells: a 640 px wide grid
 LABEL_CHARS = 16  # class names longer than this are shortened under their image (they would overlap)
 
@@ -92,29 +92,33 @@ def sample_figure(
     names = ["train", "val"] + (["test"] if split == "test" or has_test(cfg) else [])
     splits, classes = open_splits(cfg, spec, names)
     counts = {name: class_counts(targets_of(src), classes) for name, src in splits.items()}
-    log_counts(counts)
+    for line in filter(None, (imbalance(name, per_class) for name, per_class in counts.items())):
+        log.warning("%s", line)  # the counts themselves are returned (`data show` prints them once)
     pixels, names = _first_images(splits[split], cfg, spec, split, n, classes)
     title = f"{cfg.name}: {len(names)} {split} images as the network sees them"
     return _grid(figure.Figure, pixels, names, title), counts
 
 
 def show_data(
-    source: Any, overrides: list[str] | None = None, split: str = "train", out: str | Path | None = None, n: int = 64
+    source: Any,
+    overrides: list[str] | None = None,
+    split: str = "train",
+    out: str | Path | None = None,
+    n: int = 64,
+    replace: bool = False,
 ) -> dict[str, Any]:
-    """Save a grid PNG of up to n images of a split, each with its class name, into a new file (never replaced).
+    """Save a grid PNG of up to n images of a split, each with its class name, into a new file; `replace`: an
+    earlier samples picture mnistcli drew there may be redrawn (nothing else is ever replaced).
 
     out defaults to `<config stem>_<split>_samples.png` in the current folder. Returns {'out', 'counts'}."""
     if out is None:
         stem = Path(source).stem if isinstance(source, (str, Path)) else load_config(source, overrides).name
         out = f"{stem}_{split}_samples.png"
     path = Path(out)
-    _check_new(path)  # before any work
+    check_target(path, SAMPLES, replace)  # before any work
+    _check_folder(path)
     fig, counts = sample_figure(source, overrides, split, n)
-    agg = require("matplotlib.backends.backend_agg", "plots")
-    buf = io.BytesIO()
-    agg.FigureCanvasAgg(fig).print_png(buf)
-    _write_new(path, buf.getvalue())
-    log.info("wrote %s", path)
+    save_figure(fig, path, SAMPLES, SAMPLES if replace else False)  # the caller says where it went
     return {"out": str(path), "counts": counts}
 
 
@@ -181,24 +185,12 @@ def _grid(figure_class: type, pixels: torch.Tensor, names: list[str], title: str
     return fig
 
 
-def _check_new(path: Path) -> None:
-    """Refuse a name that is taken (an existing file is never replaced) or a folder that cannot be written."""
-    if os.path.lexists(path):
-        raise UserError(f"{path}: the file exists and is never replaced; give a new file name")
+def _check_folder(path: Path) -> None:
+    """Refuse a folder that cannot be written, before any work; a missing one is created."""
     folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # the nearest one there
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{path}: cannot write into {folder} (not a writable folder)")
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write a new file whole or not at all; a file that appeared meanwhile is not replaced."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{path}: cannot create the folder {path.parent} ({exc.strerror or exc})") from None
-    try:
-        create_new(path, data)
-    except FileExistsError:
-        raise UserError(f"{path}: a file of that name appeared meanwhile; it was not replaced") from None
-    except OSError as exc:
-        raise write_error(path, exc) from None

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config.schema import Config
 from ..engine import evaluate, train_one_epoch
-from ..losses import eval_loss
+from ..losses import eval_loss, objective_terms
 from ..runs.checkpoint import outputs_log_probs, payload, save_checkpoint
 from ..runs.folder import BEST, INTERRUPTED, LAST, append_metrics, start_metrics
 from ..runs.views import RunViews
@@ -159,9 +159,9 @@ def _evaluate_val(run: Run, epoch: int, progress: Display | bool) -> dict[str, A
 
 
 def _objective(cfg: Config) -> str:
-    """Names the training loss when it is not the plain one validation reports."""
-    smoothing = cfg.loss.label_smoothing if cfg.loss.name == "cross_entropy" else 0.0
-    return f" (smoothed {smoothing:g})" if smoothing else ""
+    """Names what the training loss adds when it is not the plain cross-entropy validation reports."""
+    terms = objective_terms(cfg.to_dict())
+    return f" (with {', '.join(terms)})" if terms else ""
 
 
 def _summary(run: Run) -> dict[str, Any]:
