@@ -191,7 +191,8 @@ def test_a_different_file_there_is_never_replaced(tmp_path: Path) -> None:
     small_idx(src, "t10k", 4, 4)
     small_idx(raw, "train", 6, 6, seed=1)  # someone's own copy: another file of the same name
     before = snapshot(tmp_path / "root")
-    proc = mnistcli("data", "import", str(src), "--dataset", "fashion_mnist", "--root", str(tmp_path / "root"))
+    root = str(tmp_path / "root")
+    proc = mnistcli("data", "import", str(src), "--dataset", "fashion_mnist", "--root", root, "--unverified")
     assert proc.returncode == 2
     there = raw / "train-images-idx3-ubyte"
     assert proc.stderr.splitlines()[0] == (
@@ -206,7 +207,7 @@ def test_images_and_labels_of_a_split_must_agree(tmp_path: Path) -> None:
     src, root = tmp_path / "src", tmp_path / "root"
     small_idx(src, "train", 6, 5, ".gz")
     small_idx(src, "t10k", 4, 4, ".gz")
-    proc = mnistcli("data", "import", str(src), "--dataset", "kmnist", "--root", str(root))
+    proc = mnistcli("data", "import", str(src), "--dataset", "kmnist", "--root", str(root), "--unverified")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         f"error: {src / 'train-labels-idx1-ubyte.gz'}: corrupt: 5 labels for 6 images; the two files of a split must "
@@ -219,7 +220,14 @@ def test_emnist_without_the_archive_gets_structural_checks_and_says_so(tmp_path:
     src, root = tmp_path / "src", tmp_path / "root"
     small_idx(src, "emnist-letters-train", 8, 8, ".gz")
     small_idx(src, "emnist-letters-test", 4, 4, ".gz")
-    proc = mnistcli("data", "import", str(src), "--dataset", "emnist", "--root", str(root))
+    refused = mnistcli("data", "import", str(src), "--dataset", "emnist", "--root", str(root))
+    assert refused.returncode == 2 and refused.stderr.splitlines()[0] == (
+        f"error: {src / 'emnist-letters-train-images-idx3-ubyte.gz'}: no published checksum for EMNIST's single files "
+        "(only for its whole archive); IDX header, size and counts check out; not imported, since no published "
+        "checksum vouches for it: pass --unverified to import it anyway"
+    )
+    assert not (root / "EMNIST" / "raw").exists()
+    proc = mnistcli("data", "import", str(src), "--dataset", "emnist", "--root", str(root), "--unverified")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:2] == [
@@ -274,3 +282,25 @@ def test_bad_arguments_are_one_line(tmp_path: Path, args: list[str], line: str) 
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [line.format(src=src)]
     assert not (tmp_path / "root").exists()
+
+
+def test_another_datasets_files_are_refused_naming_it(tmp_path: Path) -> None:
+    """The real MNIST files given as Fashion-MNIST's: their checksums are MNIST's published ones."""
+    root = tmp_path / "root"
+    for flags in ([], ["--unverified"]):
+        proc = mnistcli(
+            "data",
+            "import",
+            str(REPO / "data" / "MNIST" / "raw"),
+            "--dataset",
+            "fashion_mnist",
+            "--root",
+            str(root),
+            *flags,
+        )
+        assert proc.returncode == 2
+        assert (
+            f"error: {REPO / 'data' / 'MNIST' / 'raw' / 'train-images-idx3-ubyte.gz'}: corrupt: this is MNIST's "
+            "train-images-idx3-ubyte (its md5 matches that published checksum), not FashionMNIST's; not imported"
+        ) in proc.stderr.splitlines()
+        assert not (root / "FashionMNIST" / "raw").exists()  # nothing imported: the folders it made are gone

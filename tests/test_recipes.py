@@ -408,6 +408,5 @@ def test_lr_find_command_prints_draws_and_touches_no_run_folder(mnist_root: Path
         timeout=60,
     )
     assert again.returncode == 2 and again.stderr.strip() == (
-        "error: --out curve.png: the file exists; give another file, or --replace to redraw an earlier lr-find "
-        "picture"
+        "error: --out curve.png: the file exists; give another file, or --replace to redraw an earlier lr-find picture"
     )

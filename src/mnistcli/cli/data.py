@@ -104,14 +104,19 @@ def data_import(
     src: Path = typer.Argument(..., metavar="SRC", help="Folder holding the official files (.gz or unpacked)."),
     dataset: str = typer.Option(..., "--dataset", metavar="NAME", help="mnist | fashion_mnist | kmnist | emnist."),
     root: Path = typer.Option(Path("data"), "--root", metavar="DIR", help="Data root, as data.root."),
+    unverified: bool = typer.Option(
+        False, "--unverified", help="Also import files no published checksum vouches for (structure checked only)."
+    ),
 ) -> None:
     """Copy a dataset's official files from a folder you filled by hand into ROOT/<dataset folder>/raw, checking
-    each; a file that is there is never replaced. Exit code 2 when anything was refused or is missing."""
+    each against the published checksums; a file that is another dataset's is refused naming it, one no checksum
+    vouches for needs --unverified, and a file that is there is never replaced. Exit code 2 when anything was
+    refused or is missing."""
 
     def work() -> tuple[list[str], list[str]]:
         from ..data.importer import import_dataset
 
-        return import_dataset(src, dataset, root)
+        return import_dataset(src, dataset, root, unverified)
 
     done, problems = run(work)
     for line in done:

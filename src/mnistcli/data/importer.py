@@ -77,6 +77,7 @@ class Importer:
     staged: list[Staged] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # EMNIST splits with none of their files in SRC
     members: dict[str, Source] = field(default_factory=dict)  # EMNIST files inside a verified gzip.zip
+    unverified: bool = False  # import files no published checksum vouches for (their structure checked only)
 
     @property
     def folder(self) -> str:
@@ -190,6 +191,11 @@ class Importer:
         check, dest, origin = item.check, self.raw / item.source.name, item.source.origin
         if check.state == "corrupt":
             self.problems.append(f"{origin}: corrupt: {check.reason}; not imported")
+        elif check.state == "present" and not (self.unverified or item.source.note):
+            self.problems.append(
+                f"{origin}: {check.reason}; not imported, since no published checksum vouches for it: pass "
+                "--unverified to import it anyway"
+            )
         elif dest.is_file() and md5_of(dest) == check.digest:
             self.done.append(f"already there: {dest}")
         elif dest.exists() or dest.is_symlink():
@@ -223,8 +229,10 @@ class Importer:
                 self.problems.append(f"{split} is {found['state']} in {found['folder']}: {found['fix']}")
 
 
-def import_dataset(src: Path, dataset: str, root: Path) -> tuple[list[str], list[str]]:
-    """Copy a dataset's files from SRC into root/<Folder>/raw: the lines of what was done, and of each problem."""
+def import_dataset(src: Path, dataset: str, root: Path, unverified: bool = False) -> tuple[list[str], list[str]]:
+    """Copy a dataset's files from SRC into root/<Folder>/raw: the lines of what was done, and of each problem.
+    A file whose checksum is another dataset's is refused, naming it; one no published checksum vouches for is
+    imported only with `unverified`."""
     if dataset not in IMPORT_GROUPS:
         raise UserError(unknown_name("dataset", dataset, IMPORT_GROUPS, "--dataset"))
     if not src.is_dir():
@@ -233,7 +241,7 @@ def import_dataset(src: Path, dataset: str, root: Path) -> tuple[list[str], list
     raw = root / FOLDERS[dataset] / "raw"
     created = [p for p in (raw, *raw.parents) if not p.exists()]
     writable_folder(raw, "--root")
-    job = Importer(src, dataset, raw)
+    job = Importer(src, dataset, raw, unverified=unverified)
     try:
         with contextlib.ExitStack() as stack:
             if dataset == "emnist":

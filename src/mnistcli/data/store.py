@@ -174,6 +174,17 @@ def _glance_gz(path: Path, name: str, ndim: int) -> FileCheck:
     return FileCheck(name, path, size, "corrupt" if problem else "present", problem or "not hashed", count)
 
 
+def known_elsewhere(folder: str, digest: str | None, content: str | None) -> str | None:
+    """Whose published file this is when its bytes or unpacked content match another dataset's checksum (MNIST's
+    files given as Fashion-MNIST's, say): 'MNIST's train-images-idx3-ubyte.gz'; None otherwise."""
+    for tables, value in ((ARCHIVE_MD5, digest), (RAW_MD5, content)):
+        for other, table in tables.items():
+            for file, md5 in table.items():
+                if other != folder and value == md5:
+                    return f"{other}'s {file}"
+    return None
+
+
 def check_gz(path: Path, name: str, ndim: int, folder: str) -> FileCheck:
     """A .gz (`name` without .gz), hashed and unpacked in full."""
     size, own = path.stat().st_size, f"{name}.gz"
@@ -186,6 +197,10 @@ def check_gz(path: Path, name: str, ndim: int, folder: str) -> FileCheck:
     found = FileCheck(own, path, size, "corrupt", problem or "", count, digest, content)
     known = RAW_MD5.get(folder, {}).get(name)
     if problem:
+        return found
+    elsewhere = known_elsewhere(folder, digest, content)
+    if elsewhere:
+        found.reason = f"this is {elsewhere} (its md5 matches that published checksum), not {folder}'s"
         return found
     if digest == ARCHIVE_MD5.get(folder, {}).get(own):
         found.state, found.reason = "verified", "md5 matches the published archive checksum"
@@ -221,7 +236,11 @@ def check_unpacked(path: Path, name: str, ndim: int, folder: str, verify: bool, 
     digest = md5_of(path)
     found = FileCheck(name, path, size, "present", NO_CHECKSUM, count, digest, digest)
     known = RAW_MD5.get(folder, {}).get(name)
-    if known:
+    elsewhere = known_elsewhere(folder, digest, digest)
+    if elsewhere:
+        found.state = "corrupt"
+        found.reason = f"this is {elsewhere} (its md5 matches that published checksum), not {folder}'s"
+    elif known:
         ok = digest == known
         found.state = "verified" if ok else "corrupt"
         found.reason = "md5 matches the published checksum" if ok else f"md5 {digest} is not the published {known}"
