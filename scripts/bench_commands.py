@@ -47,18 +47,31 @@ def accuracy_runs(configs: list[str], repeats: int, out_root: Path) -> list[dict
 
 
 def cold_start(ckpt: Path, repeats: int) -> list[dict]:
-    """`mnistcli predict` on one image against a bare `import torch`."""
+    """`mnistcli predict` on one image against a bare `import torch`, run in turns (the ratio of each pair, then
+    their median, so load that comes and goes hits both sides); and the `checks` phase that `mnistcli train`
+    reports for mnist_fast. The machine's GEMM peak before and after, to show how busy it was."""
+    from bench_decode import gemm_gflops
+
     image = str(REPO / "data" / "samples" / "digit_7.png")
     predict = [*MLI, "predict", image, "--ckpt", str(ckpt)]
     base = [sys.executable, "-c", "import torch"]
+    peak_before = gemm_gflops()
     p, b = [], []
     for _ in range(repeats):
         b.append(timed(base)[0])
         p.append(timed(predict)[0])
+    checks = []
+    for _ in range(2):
+        out = ckpt.parent.parent / "cold_train"
+        train = [*MLI, "train", "configs/mnist_fast.yaml", "--epochs", "1", "--out", str(out), "--overwrite"]
+        line = next(x for x in timed(train)[1].stderr.splitlines() if x.startswith("startup "))
+        checks.append(float(line.split("checks ")[1].split(" s")[0]))
     row = {
         "import torch s": round(statistics.median(b), 2),
         "mnistcli predict s": round(statistics.median(p), 2),
-        "ratio": round(statistics.median(p) / statistics.median(b), 2),
+        "ratio (median of pairs)": round(statistics.median(x / y for x, y in zip(p, b)), 2),
+        "mnist_fast checks s (2 runs)": ", ".join(f"{c:.2f}" for c in checks),
+        "GEMM GFLOP/s before, after": f"{peak_before:.0f}, {gemm_gflops():.0f}",
     }
     print(row, flush=True)
     return [row]

@@ -30,7 +30,7 @@ def machine() -> str:
 SECTIONS = {
     "throughput": "Training throughput: tutorial loop vs mnistcli, same network, same batch",
     "accuracy": "Time to accuracy: `mnistcli train` wall time, then `mnistcli eval` on the 10,000 test images",
-    "cold": 'Cold start: `mnistcli predict` on one image vs `python -c "import torch"`',
+    "cold": 'Cold start: `mnistcli predict` on one image vs `python -c "import torch"`, and mnist_fast\'s checks phase',
     "eval": "Evaluation throughput on the MNIST test split",
     "digits": "Predict on digits as users draw them (dark on light, RGB, odd sizes, margins), mnist_cnn model",
     "design": "Design measurements behind the defaults (pytorch/examples network, steady-state steps)",

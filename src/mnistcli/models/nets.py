@@ -60,6 +60,29 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def flat_size(features: nn.Sequential, in_shape: list[int]) -> int | None:
+    """The number of values the conv stack gives for one image of `in_shape`, by arithmetic over its layers (no
+    pass through them); None when some layer would get a map of no pixels, or a layer is not one counted here."""
+    channels, h, w = in_shape
+    for layer in features:
+        if isinstance(layer, nn.Conv2d):
+            (kh, kw), (ph, pw), (sh, sw), (dh, dw) = layer.kernel_size, layer.padding, layer.stride, layer.dilation
+            if isinstance(layer.padding, str) or h + 2 * ph < dh * (kh - 1) + 1 or w + 2 * pw < dw * (kw - 1) + 1:
+                return None
+            h, w = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+            channels = layer.out_channels
+        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            k, st = layer.kernel_size, layer.stride
+            if not (isinstance(k, int) and isinstance(st, int)) or layer.padding or getattr(layer, "ceil_mode", 0):
+                return None
+            if h < k or w < k:
+                return None
+            h, w = (h - k) // st + 1, (w - k) // st + 1
+        elif not isinstance(layer, (nn.BatchNorm2d, nn.Dropout2d)) and list(layer.parameters()):
+            return None  # an activation keeps the shape; anything else with weights is not counted here
+    return channels * h * w if h > 0 and w > 0 else None
+
+
 class CNN(nn.Module):
     """Conv layers (with optional batch norm and pooling), then dense layers."""
 
@@ -101,12 +124,12 @@ class CNN(nn.Module):
                 layers.append(nn.Dropout2d(conv_dropout))
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
-        # infer the flattened size from a dummy input of the dataset's shape, in eval mode: batch norm must not
-        # count it in its running statistics (nor refuse a 1x1 map in a batch of one)
-        self.features.eval()
-        with torch.no_grad():
-            n_flat = self.features(torch.zeros(1, *in_shape)).numel()
-        self.features.train()
+        n_flat = flat_size(self.features, in_shape)
+        if n_flat is None:  # a layer would get an empty map: pass one image, so that layer's own error is raised
+            self.features.eval()  # batch norm must not count it in its running statistics
+            with torch.no_grad():
+                n_flat = self.features(torch.zeros(1, *in_shape)).numel()
+            self.features.train()
         self.classifier = nn.Sequential(
             nn.Flatten(), *dense_layers(n_flat, hidden, num_classes, activation, dropout, log_softmax)
         )

@@ -1,5 +1,5 @@
 """Check a network before any work: build it on the meta device (shapes only: no memory, no arithmetic), pass a
-batch of the run's input shape through it, and estimate the memory training it needs."""
+small batch of the run's input shape through it, and estimate the memory training it needs."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class ModelSize:
     parameters: int  # number of parameter elements
     param_bytes: int  # bytes of the parameters
     activation_bytes: int  # bytes of every leaf module's output for one batch: what backward keeps
-    output_shape: tuple[int, ...]  # (batch, classes)
+    output_shape: tuple[int, ...] | None  # (batch, classes); None: too large to run, not passed
 
 
 class _Tracer:
@@ -122,20 +122,32 @@ def _why(exc: Exception, module: nn.Module, seen: tuple[int, ...], cnn: bool, si
     return f"fails: {text}"
 
 
+PROBE_BATCH = 2  # images the probe passes: batch norm in training needs two; activations scale with the batch
+
+
 def probe_model(
     arch: dict[str, Any], in_shape: tuple[int, int, int], batch_size: int, where: str = "model"
 ) -> ModelSize:
-    """Build `arch` on the meta device and run a training-mode batch of `in_shape` through it; a failure is one
-    UserError line naming `where` and the layer that failed."""
+    """Build `arch` on the meta device (shapes only: no memory, no arithmetic), then, when its weights fit in memory,
+    give it uninitialised CPU memory and run a training-mode batch of `in_shape` through it (min(batch_size, 2)
+    images; activations scaled to the batch). A real pass rather than one on the meta device: torch's meta kernels
+    import its compiler stack, a second or so. A failure is one UserError line naming `where` and the failing
+    layer."""
     tracer, shape = _Tracer(), "x".join(map(str, in_shape))
+    probe = min(batch_size, PROBE_BATCH)
     with tracer.hooked():
         try:
             with torch.device("meta"):
                 model = build_model(arch)
-            model.train()
+            params = list(model.parameters())
+            param_bytes = sum(p.numel() * p.element_size() for p in params)
+            available = available_bytes(torch.device("cpu"))
+            if available is not None and param_bytes * 2 > available:  # too large to hold: its size says enough
+                return ModelSize(sum(p.numel() for p in params), param_bytes, 0, None)
+            _on_cpu(model).train()  # values are whatever the memory held: only shapes matter here
             tracer.counting = True
             with torch.no_grad():
-                out = model(torch.empty(batch_size, *in_shape, device="meta"))
+                out = model(torch.zeros(probe, *in_shape))
         except UserError:
             raise
         except Exception as exc:  # torch's shape checks raise RuntimeError, ValueError, IndexError...
@@ -147,13 +159,23 @@ def probe_model(
             raise UserError(
                 f"{where}: does not fit a {shape} input: {layer} {_why(exc, module, seen, cnn, not tracer.counting)}"
             ) from None
-    params = list(model.parameters())
     return ModelSize(
         parameters=sum(p.numel() for p in params),
-        param_bytes=sum(p.numel() * p.element_size() for p in params),
-        activation_bytes=tracer.activation_bytes,
-        output_shape=tuple(out.shape),
+        param_bytes=param_bytes,
+        activation_bytes=tracer.activation_bytes * batch_size // probe,
+        output_shape=(batch_size, *out.shape[1:]),
     )
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """Give a meta-device model uninitialised CPU tensors of the same shapes, in place (Module.to_empty does the
+    same through torch's reference kernels, which import its compiler stack)."""
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(torch.empty(param.shape, dtype=param.dtype), param.requires_grad))
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            setattr(module, name, torch.empty(buffer.shape, dtype=buffer.dtype))
+    return model
 
 
 def _meminfo_available() -> int | None:

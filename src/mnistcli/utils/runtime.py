@@ -45,7 +45,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic)  # set either way: the flag is process-wide
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # process-wide; setting it imports torch's
+        torch.use_deterministic_algorithms(deterministic)  # compiler stack (a second or more), so only on a change
     if deterministic:
         torch.backends.cudnn.benchmark = False
 
