@@ -28,7 +28,7 @@ class ModelSize:
     parameters: int  # number of parameter elements
     param_bytes: int  # bytes of the parameters
     activation_bytes: int  # bytes of every leaf module's output for one batch: what backward keeps
-    output_shape: tuple[int, ...] | None  # (batch, classes); None: too large to run, not passed
+    output_shape: tuple[int, ...]  # (batch, classes)
 
 
 class _Tracer:
@@ -131,8 +131,8 @@ def probe_model(
     """Build `arch` on the meta device (shapes only: no memory, no arithmetic), then, when its weights fit in memory,
     give it uninitialised CPU memory and run a training-mode batch of `in_shape` through it (min(batch_size, 2)
     images; activations scaled to the batch). A real pass rather than one on the meta device: torch's meta kernels
-    import its compiler stack, a second or so. A failure is one UserError line naming `where` and the failing
-    layer."""
+    import its compiler stack, a second or so, which only a network too large to hold still pays (its whole batch
+    passes on the meta device). A failure is one UserError line naming `where` and the failing layer."""
     tracer, shape = _Tracer(), "x".join(map(str, in_shape))
     probe = min(batch_size, PROBE_BATCH)
     with tracer.hooked():
@@ -142,12 +142,14 @@ def probe_model(
             params = list(model.parameters())
             param_bytes = sum(p.numel() * p.element_size() for p in params)
             available = available_bytes(torch.device("cpu"))
-            if available is not None and param_bytes * 2 > available:  # too large to hold: its size says enough
-                return ModelSize(sum(p.numel() for p in params), param_bytes, 0, None)
-            _on_cpu(model).train()  # values are whatever the memory held: only shapes matter here
+            if available is not None and param_bytes * 2 > available:  # too large to hold: shapes only, on meta
+                probe, x = batch_size, torch.empty(batch_size, *in_shape, device="meta")
+            else:  # values are whatever the memory held: only shapes matter here
+                model, x = _on_cpu(model), torch.zeros(probe, *in_shape)
+            model.train()
             tracer.counting = True
             with torch.no_grad():
-                out = model(torch.zeros(probe, *in_shape))
+                out = model(x)
         except UserError:
             raise
         except Exception as exc:  # torch's shape checks raise RuntimeError, ValueError, IndexError...

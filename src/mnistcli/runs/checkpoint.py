@@ -386,12 +386,12 @@ def _weights_problem(ckpt: dict[str, Any]) -> str | None:
     except UserError as exc:
         return str(exc)
     available = available_bytes(torch.device("cpu"))
-    if available is not None and (size.param_bytes > available or size.output_shape is None):  # before any build
+    if available is not None and size.param_bytes > available:  # checked before building it for real
         return (
             f"arch needs {size.param_bytes / 2**30:.1f} GiB for its {size.parameters:,} parameters but this machine "
             f"has {available / 2**30:.1f} GiB available"
         )
-    if size.output_shape is not None and size.output_shape[-1] != len(classes):
+    if size.output_shape[-1] != len(classes):
         width = size.output_shape[-1]
         return f"classes has {len(classes)} names but arch gives {width} outputs; there must be one name per output"
     with torch.device("meta"):
