@@ -36,13 +36,22 @@ def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[s
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
-def test_no_option_shows_a_python_type_and_arguments_are_named_in_capitals() -> None:
+def test_no_option_or_argument_shows_a_python_type_and_arguments_are_named_in_capitals() -> None:
     for command in COMMANDS:
         text = cli(*command, "--help").stdout
-        options = [line for line in text.splitlines() if line.lstrip().startswith("-")]
-        assert not [line for line in options if re.search(r"<(list\[|str|int|float|path)", line)], (command, text)
+        assert not re.search(r"<(list\[|str>|int>|float>|path>)", text), (command, text)
         usage = text.splitlines()[0]
-        assert not re.search(r"\{[a-z_]+\}|\[[a-z_]+\]", usage), usage
+        assert not re.search(r"[{}]|\[[a-z_]+\]", usage), usage
+    usages = {
+        " ".join(c): cli(*c, "--help").stdout.splitlines()[0] for c in (["predict"], ["eval"], ["config", "show"])
+    }
+    assert usages == {
+        "predict": "Usage: mnistcli predict [OPTIONS] IMAGE...",
+        "eval": "Usage: mnistcli eval [OPTIONS] [CKPT]...",
+        "config show": "Usage: mnistcli config show [OPTIONS] [CONFIG]",
+    }
+    rows = [line.split()[0] for line in cli("predict", "--help").stdout.splitlines() if line.startswith("  IMAGE")]
+    assert rows == ["IMAGE..."]
 
 
 def test_eval_takes_the_checkpoint_where_it_is_typed(tmp_path: Path) -> None:

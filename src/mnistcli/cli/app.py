@@ -15,6 +15,7 @@ import typer
 
 from ..utils.errors import Terminated
 from . import config, data, deploy, evaluate, train
+from .call import Command
 
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -81,18 +82,18 @@ def _root(
     """Train, evaluate and use image classifiers from YAML experiment configs."""
 
 
-app.command()(train.train)
-app.command("eval")(evaluate.eval_)
-app.command()(deploy.predict)
-app.command()(train.plot)
-app.command()(train.sweep)
-app.command("lr-find")(train.lr_find)
-app.command()(deploy.export)
+app.command(cls=Command)(train.train)
+app.command("eval", cls=Command)(evaluate.eval_)
+app.command(cls=Command)(deploy.predict)
+app.command(cls=Command)(train.plot)
+app.command(cls=Command)(train.sweep)
+app.command("lr-find", cls=Command)(train.lr_find)
+app.command(cls=Command)(deploy.export)
 app.add_typer(data.data_app, name="data")
 app.add_typer(config.config_app, name="config")
-app.command()(config.models)
-app.command("datasets")(config.datasets_)
-app.command()(config.doctor)
+app.command(cls=Command)(config.models)
+app.command("datasets", cls=Command)(config.datasets_)
+app.command(cls=Command)(config.doctor)
 
 
 def _bare_resume(args: list[str]) -> list[str]:

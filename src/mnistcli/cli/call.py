@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
 from ..utils.errors import Terminated, UserError, too_long
 from ..utils.extras import broken_install
@@ -66,3 +67,41 @@ def file_arg(path: Path | None, option: str) -> Path | None:
     if path is not None and path.name in ("", ".", ".."):
         raise UserError(f"{option} {str(path)!r}: not a file name; give a file, e.g. {option} runs/x/best.pt")
     return path
+
+
+class Command(TyperCommand):
+    """A command whose help names its arguments as a person types them (CONFIG, IMAGE...): no Python type after an
+    argument, brackets only around an optional one, whatever typer's own rendering of the day."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """[OPTIONS], then each argument: `CONFIG`, `IMAGE...`, `[CKPT]...` when optional."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        return pieces + [_usage(p) for p in self.get_params(ctx) if p.param_type_name == "argument"]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        """The Arguments and Options sections, each argument's row without a type."""
+        args, opts = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                args.append((_name(param), record[1]))
+            elif param.param_type_name == "option":
+                opts.append(record)
+        for title, rows in (("Arguments", args), ("Options", opts)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _name(param: Any) -> str:
+    """An argument's name in help: its metavar (or its name in capitals), with ... when it takes several."""
+    return (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+
+
+def _usage(param: Any) -> str:
+    """An argument in the usage line: bracketed when it may be left out."""
+    name = param.metavar or param.name.upper()
+    name = name if param.required else f"[{name}]"
+    return name + ("..." if param.nargs != 1 else "")

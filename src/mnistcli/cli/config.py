@@ -12,7 +12,7 @@ from typing import Any
 import typer
 import yaml
 
-from .call import run, setup_logging
+from .call import Command, run, setup_logging
 
 config_app = typer.Typer(help="Show, check and describe experiment configs.", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def _changed(resolved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
     return out
 
 
-@config_app.command("show")
+@config_app.command("show", cls=Command)
 def show(
     config: Path | None = typer.Argument(
         None, metavar="CONFIG", help="YAML experiment config; without it, the defaults, commented, to start from."
@@ -63,7 +63,7 @@ def show(
     typer.echo(yaml.safe_dump(run(work), sort_keys=False), nl=False)
 
 
-@config_app.command("validate")
+@config_app.command("validate", cls=Command)
 def validate(
     configs: list[Path] = typer.Argument(..., metavar="CONFIG...", help="YAML experiment configs."),
     set_: list[str] | None = typer.Option(
@@ -95,7 +95,7 @@ def validate(
         raise typer.Exit(2)
 
 
-@config_app.command("schema")
+@config_app.command("schema", cls=Command)
 def schema() -> None:
     """Print the config's JSON Schema (draft 2020-12), generated from the config's typed schema and registries:
     `mnistcli config schema > configs/mnistcli.schema.json` regenerates the shipped one."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from .call import run, setup_logging
+from .call import Command, run, setup_logging
 
 data_app = typer.Typer(
     help="Look at a config's data before training on it; check and import the dataset files.", no_args_is_help=True
@@ -17,7 +17,7 @@ data_app = typer.Typer(
 MB = 1e6  # bytes: sizes print in decimal megabytes, as file managers show them
 
 
-@data_app.command("show")
+@data_app.command("show", cls=Command)
 def data_show(
     config: Path = typer.Argument(..., metavar="CONFIG", help="YAML experiment config."),
     split: str = typer.Option("train", "--split", metavar="SPLIT", help="train | val | test."),
@@ -45,7 +45,7 @@ def data_show(
     typer.echo(f"wrote {res['out']}")
 
 
-@data_app.command("audit")
+@data_app.command("audit", cls=Command)
 def data_audit(
     config: Path = typer.Argument(..., metavar="CONFIG", help="YAML experiment config."),
     set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key."),
@@ -77,7 +77,7 @@ def _status_lines(found: dict[str, Any]) -> list[str]:
     return lines
 
 
-@data_app.command("status")
+@data_app.command("status", cls=Command)
 def data_status(
     root: Path = typer.Option(Path("data"), "--root", metavar="DIR", help="Data root, as data.root."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -99,7 +99,7 @@ def data_status(
             typer.echo(line)
 
 
-@data_app.command("import")
+@data_app.command("import", cls=Command)
 def data_import(
     src: Path = typer.Argument(..., metavar="SRC", help="Folder holding the official files (.gz or unpacked)."),
     dataset: str = typer.Option(..., "--dataset", metavar="NAME", help="mnist | fashion_mnist | kmnist | emnist."),
