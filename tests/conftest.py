@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,15 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one `error: ...` line of a command that exited 2 without a traceback (other lines may be log lines)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
 
 
 def digit_like(label: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:

@@ -20,7 +20,7 @@ from mnistcli.deploy.export import export_checkpoint
 from mnistcli.models.families import build_model
 from mnistcli.training.train import train
 from mnistcli.utils.errors import UserError
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, one_error_line
 
 onnx = pytest.importorskip("onnx")
 helper = onnx.helper
@@ -36,14 +36,6 @@ BASE = {
 def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

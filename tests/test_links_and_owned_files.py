@@ -22,6 +22,7 @@ from mnistcli.runs.folder import LOCK
 from mnistcli.training.train import train
 from mnistcli.utils.errors import UserError
 from mnistcli.utils.files import temp_path, write_atomic
+from tests.conftest import make_idx_dataset, one_error_line
 
 BASE = {
     "seed": 1,
@@ -36,14 +37,6 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=ENV, timeout=300)
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def config(folder: Path, cfg: dict | None = None) -> Path:
@@ -270,8 +263,6 @@ def test_the_next_calibration_and_feature_cache_remove_what_killed_ones_left(tmp
 
 
 def test_the_next_import_removes_what_a_killed_import_left(tmp_path: Path) -> None:
-    from tests.conftest import make_idx_dataset
-
     src = make_idx_dataset(tmp_path / "src", "MNIST", n_train=30, n_test=10) / "MNIST" / "raw"
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -310,8 +301,6 @@ def test_many_processes_unpacking_the_same_file_at_once_all_succeed(tmp_path: Pa
 
 def test_a_fresh_clone_trains_on_two_ranks(tmp_path: Path) -> None:
     """The shipped .gz files unpacked by both ranks at once (the data root of a fresh clone)."""
-    from tests.conftest import make_idx_dataset
-
     root = make_idx_dataset(tmp_path / "data", "MNIST", n_train=200, n_test=20)
     cfg = {
         "seed": 0,

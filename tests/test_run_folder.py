@@ -17,6 +17,7 @@ import yaml
 
 from mnistcli.training.train import train
 from mnistcli.utils.errors import ConfigError, UserError
+from tests.conftest import one_error_line
 
 BASE = {
     "seed": 1,
@@ -29,14 +30,6 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mnistcli", *args], capture_output=True, text=True, cwd=cwd, env=ENV)
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def write_config(folder: Path, cfg: dict, name: str = "exp.yaml") -> Path:

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from mnistcli.training.train import train
+from tests.conftest import one_error_line
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 BASE = {
@@ -33,14 +34,6 @@ def cli(*args: object, cwd: Path | None = None, env: dict | None = None) -> subp
     return subprocess.run(
         [*MNISTCLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env or ENV, timeout=300
     )
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def config(folder: Path, cfg: dict | None = None) -> Path:

@@ -102,7 +102,6 @@ def eval_(
 
 
 PICTURES = ("confusion_matrix.png", "mistakes.png", "reliability.png")
-PICTURE_KINDS = ("confusion matrix", "mistakes", "reliability")  # the marks runs/plots.py gives them
 
 
 def _checkpoints(ckpts: list[Path]) -> list[Path]:
@@ -125,11 +124,11 @@ def _single_process(compare: bool, calibrate: bool) -> None:
 def _check_plots(folder: Path, replace: bool) -> None:
     """--plots DIR: a folder whose pictures of these names do not exist yet, or (--replace) are earlier pictures of
     the same kind that mnistcli drew; nothing else is ever replaced."""
-    from ..runs.plots import check_target
+    from ..runs.plots import CONFUSION, MISTAKES, RELIABILITY, check_target
     from ..utils.files import writable_folder
 
     writable_folder(folder, "--plots")
-    for name, kind in zip(PICTURES, PICTURE_KINDS):
+    for name, kind in zip(PICTURES, (CONFUSION, MISTAKES, RELIABILITY)):
         check_target(folder / name, kind, replace, "--plots")
 
 

@@ -50,6 +50,7 @@ def figure_texts(fig: Any) -> list[str]:
     return [t.get_text() for t in fig.findobj(text) if t.get_text() and t.get_visible()]
 
 
+CONFUSION, MISTAKES, RELIABILITY = "confusion matrix", "mistakes", "reliability"  # eval's pictures, by kind
 MARK = "mnistcli"  # the PNG text key that says which kind of picture mnistcli made a file as
 
 
@@ -291,7 +292,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Any:
 
 def save_confusion_matrix(matrix: np.ndarray, classes: list[str], out: Path, replace: bool = False) -> Path:
     """Draw a confusion matrix (rows: true class, columns: predicted) into the PNG file `out`."""
-    return save_figure(confusion_figure(matrix, classes), out, "confusion matrix", replace and "confusion matrix")
+    return save_figure(confusion_figure(matrix, classes), out, CONFUSION, replace and CONFUSION)
 
 
 def mistakes_figure(
@@ -334,7 +335,7 @@ def save_mistakes(
 ) -> Path:
     """Draw the most confident wrong predictions (the caller sorts them) into the PNG file `out`, at most 36, and say
     how many there are in all (`total`)."""
-    return save_figure(mistakes_figure(images, true, pred, prob, total), out, "mistakes", replace and "mistakes")
+    return save_figure(mistakes_figure(images, true, pred, prob, total), out, MISTAKES, replace and MISTAKES)
 
 
 def reliability_figure(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> Any:
@@ -376,7 +377,7 @@ def save_reliability(
     confidences: np.ndarray, correct: np.ndarray, out: Path, bins: int = 15, replace: bool = False
 ) -> Path:
     """Draw the reliability diagram of top-class confidences and whether each was right into the PNG file `out`."""
-    return save_figure(reliability_figure(confidences, correct, bins), out, "reliability", replace and "reliability")
+    return save_figure(reliability_figure(confidences, correct, bins), out, RELIABILITY, replace and RELIABILITY)
 
 
 # ---- the learning-rate range test -----------------------------------------------------------------------------
