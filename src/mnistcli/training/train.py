@@ -160,7 +160,7 @@ def _fit(
             with run.watch("closing"):
                 views.close(cfg.to_dict(), final)
             total = since_launch() - origin
-            run.watch.add("other", total - sum(run.watch.seconds.values()))
+            run.watch.add("other", max(0.0, total - sum(run.watch.seconds.values())))  # overlaps round below 0
             log.info("time %.2f s since %s: %s", total, where, run.watch.line())
 
 
