@@ -10,6 +10,7 @@
                                                         # launch-to-exit times against revision REV, side by side
     python scripts/bench.py --only transfer [--device cuda] --write   # frozen backbones on photos vs a plain loop
     python scripts/bench.py --only recipes --write      # each training recipe against the config without it
+    python scripts/bench.py --only drawing --write      # curves.png's drawing time (redrawn after every epoch)
 
 Each figure is the median of several runs; throughput pairs are measured alternately in one process, so machine
 noise hits both sides alike. `--write` replaces only the sections this run measured, each between its own
@@ -31,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # this tree's mnistcli, before any installed one
 
 from bench_commands import MLI, accuracy_runs, cold_start, digits, eval_speed, timed  # noqa: E402
+from bench_decode import gemm_gflops  # noqa: E402
 from bench_design import design  # noqa: E402
 from bench_page import SECTIONS, section, table, write_sections  # noqa: E402
 from bench_throughput import throughput  # noqa: E402
@@ -53,6 +55,8 @@ def measure(only: set[str], args: argparse.Namespace, tmp: Path) -> dict[str, st
         tables["cold"] = table(cold_start(ckpt, max(args.repeats, 5)))
     if "eval" in only:
         tables["eval"] = table(eval_speed(ckpt, args.repeats))
+    if "drawing" in only:
+        tables["drawing"] = table(drawing(tmp, max(args.repeats, 3)))
     if "digits" in only:
         cnn = tmp / "mnist_cnn-0" / "best.pt"
         if not cnn.exists():
@@ -71,6 +75,36 @@ def measure(only: set[str], args: argparse.Namespace, tmp: Path) -> dict[str, st
 
         tables["transfer"] = transfer(args.photos, args.epochs, args.device or "cpu", tmp)
     return tables
+
+
+def drawing(tmp: Path, repeats: int) -> list[dict]:
+    """CPU time of one curves.png drawing of a run showing 2, 30 and 100 epochs (the least of `repeats`, after one
+    drawing that pays matplotlib's import): training redraws it after every epoch, at most a tenth of the time."""
+    import math
+    import time
+
+    from mnistcli.runs.folder import start_metrics
+    from mnistcli.runs.plots import save_curves
+
+    rows = []
+    for epochs in (2, 30, 100):
+        run = tmp / f"drawing-{epochs}"
+        run.mkdir(parents=True, exist_ok=True)
+        metrics = [
+            {"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.5 / e, "val_loss": 1.1 / e, "val_acc": 1 - 0.6 / e}
+            | {"lr_mean": 0.01 * math.cos(e / 20), "lr_max": 0.011 * math.cos(e / 20), "seconds": 3.0}
+            for e in range(1, epochs + 1)
+        ]
+        start_metrics(run, metrics, {})
+        save_curves([run], run / "curves.png", True)
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            save_curves([run], run / "curves.png", True)
+            times.append(time.process_time() - start)
+        rows.append({"epochs shown": epochs, "CPU s per drawing (least)": f"{min(times):.3f}"})
+    peak = f"{gemm_gflops():.0f}"  # the machine's state in this run, beside its times
+    return [row | {"GEMM GFLOP/s": peak} for row in rows]
 
 
 def _fast(args: argparse.Namespace, tmp: Path) -> str:

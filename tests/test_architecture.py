@@ -174,3 +174,23 @@ def test_the_python_api_is_not_shadowed() -> None:
 
     for name in ("train", "evaluate", "predict", "export", "load_model"):
         assert callable(getattr(mnistcli, name)) and not (SRC / name).exists() and not (SRC / f"{name}.py").exists()
+
+
+def test_the_path_of_a_train_call_is_the_one_the_architecture_lists(mnist_root: Path, tmp_path: Path) -> None:
+    """The package's frames at the first optimizer step of `mnistcli train` (the console command itself, through
+    scripts/train_path.py) are the ones docs/ARCHITECTURE.md's "path of a train call" shows, at most eight."""
+    shown = re.search(r"## The path of a train call.*?```\n(.*?)```", ARCHITECTURE.read_text(), flags=re.DOTALL)
+    assert shown is not None
+    expected = " ".join(shown.group(1).split())
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train_path.py"), str(REPO / "configs" / "mnist_fast.yaml")]
+        + ["--out", str(tmp_path / "run"), "--quiet", "--set", f"data.root={mnist_root}", "--set", "data.limit=64"]
+        + ["--set", "data.val_split=16", "--set", "train.max_steps=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.splitlines()[-1]
+    assert line == f"{len(expected.split(' > '))} frames: {expected}"
+    assert len(expected.split(" > ")) <= 8

@@ -1,10 +1,11 @@
-"""Training steps that never wait on the device (CUDA's path, run here on the CPU): a non-finite loss is found
-later yet reported with its exact epoch and batch, and on_nan skip leaves exactly the state the synchronous path
-leaves."""
+"""Training steps that never wait on the device (CUDA's path under on_nan stop, run here on the CPU): a non-finite
+loss is found later yet reported with its exact epoch and batch. on_nan skip reads each loss on the host, even
+where steps would be deferred, and skips exactly the batches whose loss is not finite."""
 
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -86,13 +87,13 @@ def test_stop_signal_after_a_nonfinite_batch_raises_instead_of_returning() -> No
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     opt = build_optimizer([{"params": list(model.parameters())}], OptimizerConfig(name="sgd", lr=0.1))
     setup = StepSetup(torch.nn.CrossEntropyLoss(), opt, defer=True)
-    on_step = lambda epoch, step, x, loss, lr: setup.stop.set() if step == 3 else None
+    on_step = lambda epoch, step, x, loss, lr: setup.stop.ask(signal.SIGINT) if step == 3 else None
     with pytest.raises(UserError, match=r"^non-finite loss \(nan\) at epoch 1, batch 3: "):
         train_one_epoch(model, batches({3}), setup, CPU, 1, on_step=on_step)
 
 
 @pytest.mark.parametrize(("optimizer", "grad_clip"), [("adam", None), ("sgd", 1.0), ("rmsprop", None)])
-def test_skip_leaves_exactly_the_state_of_the_synchronous_path(optimizer: str, grad_clip: float | None) -> None:
+def test_skip_reads_every_loss_and_leaves_the_synchronous_state(optimizer: str, grad_clip: float | None) -> None:
     bad = {1: {1, 21, 22}, 2: {40}}  # the very first step too: before it the optimizer holds no state
     setup, model, results, trained, error = run(True, "skip", bad, optimizer, grad_clip=grad_clip)
     sync_setup, sync_model, sync_results, sync_trained, _ = run(False, "skip", bad, optimizer, grad_clip=grad_clip)
@@ -107,5 +108,5 @@ def test_skip_leaves_exactly_the_state_of_the_synchronous_path(optimizer: str, g
     for key in state:
         for name, value in state[key].items():
             assert torch.equal(value, sync_state[key][name]), (key, name)
-    # the deferred path reports every step that ran (it cannot know yet); the synchronous one only those that trained
-    assert len(trained) == 2 * STEPS and len(sync_trained) == 2 * STEPS - 4
+    # skip never defers: only the steps that trained are reported, on both
+    assert trained == sync_trained and len(trained) == 2 * STEPS - 4

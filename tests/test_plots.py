@@ -6,7 +6,6 @@ import csv
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -140,22 +139,6 @@ def test_run_labels_tell_runs_apart() -> None:
     assert run_labels([Path("x/a/run"), Path("x/b/run"), Path("y/c")]) == ["a/run", "b/run", "c"]
     assert run_labels([Path("x/run"), Path("x/run"), Path("y/run")]) == ["x/run", "x/run (2)", "y/run"]
     assert run_labels([Path("run"), Path("run")]) == ["run", "run (2)"]
-
-
-def test_curves_of_30_epochs_draw_in_under_half_a_second(tmp_path: Path) -> None:
-    rows = [
-        {"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.5 / e, "val_loss": 1.1 / e, "val_acc": 1 - 0.6 / e}
-        | {"lr_mean": 0.01 * math.cos(e / 20), "lr_max": 0.011 * math.cos(e / 20), "seconds": 3.0}
-        for e in range(1, 31)
-    ]
-    start_metrics(tmp_path, rows, {})
-    save_curves([tmp_path], tmp_path / "curves.png")  # matplotlib's import is paid once per process
-    times = []
-    for _ in range(3):  # CPU time: other processes sharing the cores do not count against the drawing
-        start = time.process_time()
-        save_curves([tmp_path], tmp_path / "curves.png")
-        times.append(time.process_time() - start)
-    assert min(times) < 0.5
 
 
 def fashion_matrix() -> np.ndarray:

@@ -324,16 +324,82 @@ def test_mixup_blends_pairs_and_their_labels() -> None:
     assert same_x is x and same_y is y
 
 
+def test_cutmix_pastes_a_box_and_labels_each_image_by_its_area() -> None:
+    mix = BatchMix(load_config({"data": {"augment": {"cutmix": {"prob": 1.0}}}}).data.augment, 4)
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 8, 8).contiguous()  # image i is all i
+    y = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(3)
+    mixed, soft = mix(x, y, torch.Generator().manual_seed(0))
+    for i in range(4):  # image i keeps its own pixels outside one box, which holds image i-1's (torchvision's pairing)
+        own, other = mixed[i, 0] == i, mixed[i, 0] == (i - 1) % 4
+        assert bool((own | other).all())
+        rows, cols = other.nonzero(as_tuple=True)
+        if len(rows):
+            box = other[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+            assert bool(box.all())  # one axis-aligned rectangle
+        share = own.float().mean().item()
+        assert soft[i, i].item() == pytest.approx(share) and soft[i, (i - 1) % 4].item() == pytest.approx(1 - share)
+    assert 0 < (mixed[:, 0] != x[:, 0]).float().mean() < 1  # some pixels pasted, not all
+
+
+def test_erasing_zeroes_one_rectangle_of_the_network_input_and_nothing_else() -> None:
+    cfg = load_config({"data": {"name": "fake", "fake_shape": [1, 28, 28], "augment": {"erasing": 1.0}}})
+    spec = input_spec(cfg)
+    images = torch.randint(1, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    plain = network_input(images, spec)
+    torch.manual_seed(0)
+    erased = BatchTransform(spec, cfg.data.augment)(images)
+    for before, after in zip(plain, erased):
+        changed = (before != after)[0]
+        rows, cols = changed.nonzero(as_tuple=True)
+        assert len(rows), "p=1: every image has a rectangle erased"
+        box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+        assert bool((after[0][box] == 0).all())  # the rectangle became 0 (the mean, on normalized input)
+        assert bool(changed[box].all()) and int(changed.sum()) == changed[box].numel()
+        assert 0.02 <= changed[box].numel() / (28 * 28) <= 0.33  # torchvision's default area range
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment", "autoaugment"])
+def test_a_policy_is_torchvisions_on_each_stored_image_then_the_one_pipeline(policy: str) -> None:
+    from torchvision.transforms import v2
+
+    cfg = load_config({"data": {"name": "fake", "fake_shape": [3, 32, 32], "augment": {"policy": policy}}})
+    spec, aug = input_spec(cfg), cfg.data.augment
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(5)
+    ours = BatchTransform(spec, aug)(images)
+    torch.manual_seed(5)
+    reference = {
+        "randaugment": lambda: v2.RandAugment(num_ops=aug.num_ops, magnitude=aug.magnitude),
+        "trivialaugment": v2.TrivialAugmentWide,
+        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+    }[policy]()
+    expected = network_input(torch.stack([reference(image) for image in images]), spec)
+    assert torch.equal(ours, expected)
+    assert not torch.equal(ours, network_input(images, spec))
+
+
+RECIPES = [
+    "data.augment.mixup.alpha=0.2",
+    "data.augment.cutmix.prob=0.5",
+    "data.augment.policy=randaugment",
+    "data.augment.erasing=0.25",
+]
+
+
+def test_each_recipe_changes_what_a_run_learns(tmp_path: Path) -> None:
+    cfg = {**BASE, "model": {"name": "cnn", "channels": [4], "hidden": [8]}, "train": {"epochs": 1}}
+    plain = train(cfg, out=tmp_path / "plain", quiet=True)
+    for i, recipe in enumerate(RECIPES):
+        mixed = train(cfg, [recipe], out=tmp_path / str(i), quiet=True)
+        assert not same(weights(tmp_path / "plain" / "last.pt"), weights(tmp_path / str(i) / "last.pt")), recipe
+        assert plain["final"]["train_loss"] != mixed["final"]["train_loss"], recipe
+
+
 def test_mixed_and_policy_runs_train_seeded_and_resume_exactly(tmp_path: Path) -> None:
-    recipes = [
-        "data.augment.mixup.alpha=0.2",
-        "data.augment.cutmix.prob=0.5",
-        "data.augment.policy=randaugment",
-        "data.augment.erasing=0.25",
-    ]
+    recipes = RECIPES
     cfg = {**BASE, "model": {"name": "cnn", "channels": [4], "hidden": [8]}}
-    straight = train(cfg, recipes, out=tmp_path / "straight")
-    assert 0 < straight["final"]["train_acc"] <= 1
+    train(cfg, recipes, out=tmp_path / "straight")
     train(cfg, [*recipes, "train.epochs=1"], out=tmp_path / "split")
     train(cfg, recipes, out=tmp_path / "split", resume="last")
     assert same(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "split" / "last.pt"))

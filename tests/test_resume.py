@@ -105,14 +105,16 @@ def test_sigint_mid_epoch_writes_interrupted_and_resumes_exactly(tmp_path: Path)
 
 
 def test_sigterm_asks_the_loop_to_stop_after_the_step() -> None:
-    import threading
-
     from mnistcli.training.train import _stop_on_signals
+    from mnistcli.utils.distributed import StopRequest
 
-    stop = threading.Event()
+    stop = StopRequest()
     before = signal.getsignal(signal.SIGTERM)
     with _stop_on_signals(stop):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
-        assert stop.is_set()
+        assert stop.asked and stop.agreed() and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored afterwards

@@ -1,11 +1,10 @@
 """The loop as plain functions: one training epoch and one evaluation, each returning a metrics dict; and finding
-non-finite training losses (the one line that stops a run) on CUDA without a per-step sync."""
+a non-finite training loss (the one line that stops a run) on CUDA without a per-step sync."""
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .utils.distributed import StopRequest
 from .utils.errors import UserError
 from .utils.progress import Display, Progress
 
@@ -31,7 +31,7 @@ def nonfinite_error(value: float, epoch: int, batch: int) -> UserError:
 
 
 class NonFiniteWatch:
-    """Finds the non-finite losses of a training pass without making the host wait for the device.
+    """Finds a non-finite loss of a training pass (train.on_nan: stop) without making the host wait for the device.
 
     Every SEND_EVERY steps the window's losses are stacked on the device and copied to pinned host memory without
     blocking; the host reads a copy once a CUDA event says the device has finished it, or every copy when it has
@@ -76,15 +76,10 @@ class NonFiniteWatch:
             bad += [(b, n, v) for (b, n), v in zip(batches, host.tolist()) if not math.isfinite(v)]
         return bad
 
-    def settle(self, wait: bool, on_nan: str, skipped: list[str], epoch: int) -> int:
-        """Act on the non-finite losses found: raise for the first under on_nan stop, else record each as skipped
-        ("epoch/batch"); returns the images of the skipped batches."""
-        found = self._found(wait)
-        for batch, _, value in found:
-            if on_nan == "stop":
-                raise nonfinite_error(value, epoch, batch)
-            skipped.append(f"{epoch}/{batch}")
-        return sum(n for _, n, _ in found)
+    def check(self, wait: bool, epoch: int) -> None:
+        """Raise the run's one line for the first non-finite loss found (`wait`: among every step so far)."""
+        for batch, _, value in self._found(wait):
+            raise nonfinite_error(value, epoch, batch)
 
 
 log = logging.getLogger(__name__)
@@ -102,8 +97,8 @@ class StepSetup:
     grad_clip: float | None = None
     on_nan: str = "stop"
     skipped: list[str] = field(default_factory=list)  # "epoch/batch" of batches skipped for a non-finite loss
-    stop: threading.Event = field(default_factory=threading.Event)  # set by SIGINT/SIGTERM: stop after this step
-    defer: bool | None = None  # find non-finite losses without a per-step host sync; None: on CUDA only
+    stop: StopRequest = field(default_factory=StopRequest)  # asked by SIGINT/SIGTERM: stop after this step
+    defer: bool | None = None  # on_nan stop: find a non-finite loss without a per-step host sync; None: on CUDA
     accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step (train.accumulate)
     average: Any = None  # the weights' moving average (training/averaging.WeightAverage): updated after each step
 
@@ -134,15 +129,14 @@ def train_one_epoch(
     seen, step, stopped = done["seen"], done["batches"], False
     lr_sum, lr_max = done["lr_sum"], done["lr_max"]
     before = done["seen"]  # images a resumed epoch had already done
-    defer = setup.defer if setup.defer is not None else device.type == "cuda"
+    defer = setup.on_nan == "stop" and (setup.defer if setup.defer is not None else device.type == "cuda")
     watch = NonFiniteWatch(device) if defer else None
     # micro-batches of this epoch (a resume starts after a whole group), cut by max_batches: groups end with it
     end = step + len(batches) if max_batches is None else min(step + len(batches), max_batches)
 
     def running(n: int) -> dict[str, float]:
-        nonlocal seen
-        if watch is not None:  # this reads the device anyway: act on every non-finite loss so far
-            seen -= watch.settle(True, setup.on_nan, setup.skipped, epoch)
+        if watch is not None:  # this reads the device anyway: look at every loss so far
+            watch.check(True, epoch)
         return {"loss": loss_sum.item() / max(n + before, 1), "acc": correct.item() / max(n + before, 1)}
 
     for x, y in Progress(batches, f"epoch {epoch} train", progress).wrap(running):
@@ -153,23 +147,21 @@ def train_one_epoch(
         lr_sum, lr_max = lr_sum + lr, max(lr_max, lr)
         group = group_of(step, setup.accumulate, end)
         loss, out = _step(model, x, y, setup, epoch, step, getattr(batches, "loss_weight", 1.0), defer, group)
-        if loss is not None:
-            # deferred: no host sync; a non-finite loss adds nothing to the sums and is acted on once the host reads it
-            bad = ~torch.isfinite(loss.detach()) if watch is not None else None
-            loss_sum += _unless(bad, loss.detach().double() * len(y))
+        if loss is not None:  # deferred: no host sync; a non-finite loss stops the run once the host reads it
+            loss_sum += loss.detach().double() * len(y)
             labels = y if y.dim() == 1 else y.argmax(1)  # mixup/cutmix: the larger share of a soft target
-            correct += _unless(bad, (out.argmax(1) == labels).sum())
+            correct += (out.argmax(1) == labels).sum()
             seen += len(y)
             if watch is not None:
                 watch.add(step, len(y), loss)
-                seen -= watch.settle(False, setup.on_nan, setup.skipped, epoch)
+                watch.check(False, epoch)
             if on_step is not None:
                 on_step(epoch, step, x, loss.detach(), lr)
-        if group.last and setup.stop.is_set():  # a stop waits for the group's optimizer step
+        if group.last and setup.stop.agreed():  # a stop waits for the group's optimizer step
             stopped = True
             break
-    if watch is not None:  # before anything is returned (and written): every step of this pass is settled
-        seen -= watch.settle(True, setup.on_nan, setup.skipped, epoch)
+    if watch is not None:  # before anything is returned (and written): every loss of this pass is looked at
+        watch.check(True, epoch)
     sums = {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen, "batches": step}
     sums.update(lr_sum=lr_sum, lr_max=lr_max)
     return {
@@ -211,11 +203,6 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setup: StepSe
     return loss.detach()
 
 
-def _unless(bad: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
-    """`value`, or zero where the device flag `bad` is set."""
-    return value if bad is None else torch.where(bad, torch.zeros_like(value), value)
-
-
 def _step(
     model: nn.Module,
     x: torch.Tensor,
@@ -229,37 +216,29 @@ def _step(
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One micro-batch: forward, backward, and the optimizer step when it ends its group; returns (loss, output),
     or (None, output) for a skipped non-finite batch. `loss_weight` scales the gradient only (a rank's share of an
-    uneven global batch under DDP). `defer`: no host sync; the caller finds a non-finite loss later, and under
-    on_nan skip the device undoes its update."""
+    uneven global batch under DDP). `defer` (on_nan stop): no host sync, the caller finds a non-finite loss later;
+    otherwise the loss is read on the host at every step (on_nan skip, or the CPU, where reading costs nothing)."""
     with _autocast(x.device, setup.amp_dtype):
         out = model(x)
         loss = setup.loss_fn(out, y)
     if defer:
-        undo = ~torch.isfinite(loss.detach()) if setup.on_nan == "skip" else None
-        _update(model, loss, setup, loss_weight, undo, group)
+        _update(model, loss, setup, loss_weight, group)
         return loss, out
     if not torch.isfinite(loss):
         if setup.on_nan == "stop":
             raise nonfinite_error(loss.item(), epoch, step)
         setup.skipped.append(f"{epoch}/{step}")
         return None, out
-    _update(model, loss, setup, loss_weight, None, group)
+    _update(model, loss, setup, loss_weight, group)
     return loss, out
 
 
 def _update(
-    model: nn.Module,
-    loss: torch.Tensor,
-    setup: StepSetup,
-    loss_weight: float,
-    undo: torch.Tensor | None = None,
-    group: Group = SINGLE_STEP,
+    model: nn.Module, loss: torch.Tensor, setup: StepSetup, loss_weight: float, group: Group = SINGLE_STEP
 ) -> None:
-    """Backward, and at the group's last micro-batch clip, optimizer, moving average and schedule step; where the
-    device flag `undo` is set, the parameters and the optimizer's state are put back as they were (on the
-    device: no host sync). Gradients of a group's micro-batches add up, each weighted 1 / group size, so a group
-    of equal micro-batches steps as one batch of them all; under DDP only the last one all-reduces."""
-    kept = _snapshot(setup.optimizer) if undo is not None else None
+    """Backward, and at the group's last micro-batch clip, optimizer, moving average and schedule step. Gradients
+    of a group's micro-batches add up, each weighted 1 / group size, so a group of equal micro-batches steps as one
+    batch of them all; under DDP only the last one all-reduces."""
     if group.first:
         setup.optimizer.zero_grad(set_to_none=True)
     weighted = loss * (loss_weight / group.size)
@@ -279,41 +258,10 @@ def _update(
         setup.scaler.update()
     else:
         setup.optimizer.step()
-    if kept is not None and undo is not None:
-        _restore(setup.optimizer, kept, undo)
     if setup.average is not None:
         setup.average.update()
     if setup.schedule is not None:
         setup.schedule.step_batch()
-
-
-Snapshot = list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
-
-
-def _snapshot(optimizer: torch.optim.Optimizer) -> Snapshot:
-    """Copies of every trained parameter and of its optimizer state tensors on the same device."""
-    kept = []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = {k: v.clone() for k, v in optimizer.state.get(p, {}).items() if _same_device(v, p)}
-            kept.append((p, p.detach().clone(), state))
-    return kept
-
-
-def _restore(optimizer: torch.optim.Optimizer, kept: Snapshot, undo: torch.Tensor) -> None:
-    """Where `undo` is set, put the snapshot back; state the step created starts again from zeros (its initial
-    value in torch's optimizers). State held on another device (CPU step counters) is left as it is."""
-    with torch.no_grad():
-        for p, old, state in kept:
-            p.copy_(torch.where(undo, old, p))
-            for key, value in optimizer.state.get(p, {}).items():
-                if _same_device(value, p):
-                    value.copy_(torch.where(undo, state[key] if key in state else torch.zeros_like(value), value))
-
-
-def _same_device(value: Any, p: torch.Tensor) -> bool:
-    """Whether `value` is a tensor on the parameter's device."""
-    return isinstance(value, torch.Tensor) and value.device == p.device
 
 
 @torch.inference_mode()
@@ -326,11 +274,11 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: Display | bool = False,
     desc: str = "eval",
-    stop: threading.Event | None = None,
+    stop: StopRequest | None = None,
     keep: bool = False,
     across_ranks: bool = False,
 ) -> dict[str, Any]:
-    """Loss, accuracy and per-class accuracy in eval mode, without gradients; `stopped` when `stop` was set
+    """Loss, accuracy and per-class accuracy in eval mode, without gradients; `stopped` when `stop` was asked
     part-way (the sums are then incomplete). `keep`: also every image's float output (`outputs`, N x classes) and
     label (`targets`), gathered on the device and moved to the CPU once at the end. `across_ranks`: each torchrun
     rank evaluated its own share of the split; the sums (and a stop on any rank) are combined over all ranks."""
@@ -349,7 +297,7 @@ def evaluate(
         hits += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
         if keep:
             kept.append((out.float(), y))
-        if stop is not None and stop.is_set():
+        if stop is not None and stop.asked:
             stopped = True
             break
     if across_ranks:  # one collective on every rank, however many batches its share held

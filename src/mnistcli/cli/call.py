@@ -7,8 +7,9 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ from ..utils.errors import Terminated, UserError, too_long
 from ..utils.extras import broken_install
 
 
-def run(fn: Callable[[], Any]) -> Any:
-    """Call into the library; a user error becomes one line on stderr and exit code 2."""
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Around a call into the library: a user error becomes one line on stderr and exit code 2 (a config's several
+    problems one line each), a stop the shell's signal exit code, a broken install its one line."""
     try:
-        return fn()
+        yield
     except UserError as exc:
-        for line in str(exc).splitlines():  # a config with several problems: one line each
+        for line in str(exc).splitlines():
             say(f"error: {line}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # exit codes as shells report signals: 128 + the signal's number
@@ -37,12 +40,28 @@ def run(fn: Callable[[], Any]) -> Any:
             raise
         say(f"error: {too_long(exc.filename or '')}")
         raise typer.Exit(2) from None
+    except typer.Exit:
+        raise
     except Exception as exc:
         line = broken_install(exc)  # torch or torchvision that cannot be imported: the user's install to mend
         if line is None:
             raise
         say(f"error: {line}")
         raise typer.Exit(2) from None
+
+
+def import_torch() -> None:
+    """Import torch with SIGINT and SIGTERM held: a Python exception raised by their handlers while torch's extension
+    calls back into Python aborts the process (`terminate called ...`). A signal that came meanwhile is acted on as
+    soon as the import is done. For commands that need torch; `--help` and the torch-free commands never call it."""
+    if "torch" in sys.modules:
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def say(line: str) -> None:

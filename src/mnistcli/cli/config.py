@@ -12,7 +12,7 @@ from typing import Any
 import typer
 import yaml
 
-from .call import Command, run, setup_logging
+from .call import Command, setup_logging, user_errors
 
 config_app = typer.Typer(help="Show, check and describe experiment configs.", no_args_is_help=True)
 
@@ -51,7 +51,8 @@ def show(
     if config is None and not set_ and not diff:
         from ..config.json_schema import commented_defaults
 
-        typer.echo(run(commented_defaults), nl=False)
+        with user_errors():
+            typer.echo(commented_defaults(), nl=False)
         return
 
     def work() -> dict[str, Any]:
@@ -60,7 +61,8 @@ def show(
         resolved = load_config(config, list(set_ or [])).to_dict()
         return _changed(resolved, dataclasses.asdict(Config())) if diff else resolved
 
-    typer.echo(yaml.safe_dump(run(work), sort_keys=False), nl=False)
+    with user_errors():
+        typer.echo(yaml.safe_dump(work(), sort_keys=False), nl=False)
 
 
 @config_app.command("validate", cls=Command)
@@ -91,7 +93,9 @@ def validate(
             typer.echo(f"error: {bad} of {len(configs)} configs have problems", err=True)
         return bad
 
-    if run(work):
+    with user_errors():
+        bad = work()
+    if bad:
         raise typer.Exit(2)
 
 
@@ -137,7 +141,8 @@ def _model_rows() -> list[tuple[str, str, str, str]]:
 def models() -> None:
     """List the model registry: each name, its family, the input it takes (MNIST's 1x28x28; backbones: their
     default 3x224x224) and its parameters with the default config and 10 classes."""
-    rows = run(_model_rows)
+    with user_errors():
+        rows = _model_rows()
     for line in _table(("model", "family", "input", "parameters"), rows, right={3}):
         typer.echo(line)
 
@@ -165,7 +170,8 @@ def datasets_(
 ) -> None:
     """List the dataset registry: image shape, classes, train and test images, and whether the files are under
     --root (present: found, not checksummed; `mnistcli data status` verifies them). fake's sizes are its defaults."""
-    rows = run(lambda: _dataset_rows(root))
+    with user_errors():
+        rows = _dataset_rows(root)
     header = ("dataset", "image", "classes", "train", "test", f"under {root}")
     for line in _table(header, rows, right={2, 3, 4}):
         typer.echo(line)
@@ -186,7 +192,8 @@ def doctor(
 
         return run_checks(config, list(set_ or []))
 
-    checks = run(work)
+    with user_errors():
+        checks = work()
     for check in checks:
         typer.echo(check.line())
     problems = sum(not c.ok for c in checks)

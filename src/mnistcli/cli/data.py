@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from .call import Command, run, setup_logging
+from .call import Command, import_torch, setup_logging, user_errors
 
 data_app = typer.Typer(
     help="Look at a config's data before training on it; check and import the dataset files.", no_args_is_help=True
@@ -35,11 +35,13 @@ def data_show(
     setup_logging(False)
 
     def work() -> dict[str, Any]:
+        import_torch()
         from ..tools.data_show import show_data
 
         return show_data(config, list(set_ or []), split, out, n=images, replace=replace)
 
-    res = run(work)
+    with user_errors():
+        res = work()
     for name, counts in res["counts"].items():
         typer.echo(f"{name}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     typer.echo(f"wrote {res['out']}")
@@ -55,11 +57,13 @@ def data_audit(
     setup_logging(as_json)
 
     def work() -> dict[str, Any]:
+        import_torch()
         from ..tools.data_audit import audit_data
 
         return audit_data(config, list(set_ or []))
 
-    res = run(work)
+    with user_errors():
+        res = work()
     typer.echo(json.dumps(res, indent=None if as_json else 2, default=str))
 
 
@@ -90,7 +94,8 @@ def data_status(
 
         return [status(name, root) for name in idx_datasets()]
 
-    found = run(work)
+    with user_errors():
+        found = work()
     if as_json:
         typer.echo(json.dumps({"root": str(root), "datasets": found}))
         return
@@ -118,7 +123,8 @@ def data_import(
 
         return import_dataset(src, dataset, root, unverified)
 
-    done, problems = run(work)
+    with user_errors():
+        done, problems = work()
     for line in done:
         typer.echo(line)
     for line in problems:

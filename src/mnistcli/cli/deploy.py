@@ -11,7 +11,7 @@ import typer
 
 from ..utils.errors import UserError
 from ..utils.names import shown
-from .call import file_arg, run, setup_logging
+from .call import file_arg, import_torch, setup_logging, user_errors
 
 
 def export(
@@ -51,13 +51,15 @@ def export(
     setup_logging(False)
 
     def work() -> dict[str, Any]:
+        import_torch()
         file_arg(ckpt, "--ckpt")
         file_arg(out, "--out")
         from ..deploy.export import export_checkpoint
 
         return export_checkpoint(ckpt, fmt, out, input_kind, check_images, device, tta)
 
-    res = run(work)
+    with user_errors():
+        res = work()
     meta, check = res["metadata"], res["check"]
     inp, outp = meta["input"], meta["output"]
     opset = f", opset {meta['versions']['onnx_opset']}" if "onnx_opset" in meta["versions"] else ""
@@ -134,7 +136,8 @@ def predict(
             write_output(results, target)
         return results
 
-    results = run(work)
+    with user_errors():
+        results = work()
     if output is not None:
         typer.echo(f"wrote {len(results)} row(s) to {output}")
     for res in results:

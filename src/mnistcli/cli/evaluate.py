@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from ..utils.errors import UserError
-from .call import file_arg, run, setup_logging
+from .call import file_arg, import_torch, setup_logging, user_errors
 
 
 def eval_(
@@ -66,12 +66,14 @@ def eval_(
     calibration error of a checkpoint on a split of its dataset; saved as a JSON report."""
     setup_logging(as_json)
     ckpt = [*(given or []), *(ckpt_option or [])]
-    run(lambda: _checkpoints(ckpt) and _single_process(len(ckpt) > 1, calibrate))
+    with user_errors():
+        _checkpoints(ckpt) and _single_process(len(ckpt) > 1, calibrate)
     if len(ckpt) > 1:
         _compare(ckpt, split, data_root, device, as_json)
         return
 
     def work() -> tuple[dict[str, Any], Path | None]:
+        import_torch()
         if report is not None and no_report:
             raise UserError("--report and --no-report: give one of them")
         from ..evaluation.report import check_report, report_path
@@ -86,7 +88,8 @@ def eval_(
         bar = not as_json and sys.stderr.isatty()
         return _evaluate(ckpt[0], split, data_root, device, plots, bar, tta, replace), path
 
-    res, path = run(work)
+    with user_errors():
+        res, path = work()
     if os.environ.get("RANK", "0") != "0":
         return
     if as_json:
@@ -97,7 +100,9 @@ def eval_(
     if path is not None:
         from ..evaluation.report import write_report
 
-        if run(lambda: write_report(res, path, asked=report is not None)) and not as_json:
+        with user_errors():
+            written = write_report(res, path, asked=report is not None)
+        if written and not as_json:
             typer.echo(f"report: {path}")
 
 
@@ -218,11 +223,13 @@ def _compare(ckpts: list[Path], split: str, data_root: Path | None, device: str,
     """Two checkpoints on the same images: accuracies, disagreements, McNemar's exact test."""
 
     def work() -> dict[str, Any]:
+        import_torch()
         from ..evaluation.scores import compare_checkpoints
 
         return compare_checkpoints(ckpts[0], ckpts[1], split, data_root, device)
 
-    res = run(work)
+    with user_errors():
+        res = work()
     if as_json:
         typer.echo(json.dumps(res))
         return

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from ..utils.errors import UserError
-from .call import run, setup_logging
+from .call import import_torch, setup_logging, user_errors
 
 SHORTCUTS = {
     "--epochs": "train.epochs",
@@ -91,26 +91,26 @@ def train(
         return list(set_ or []) + _shortcuts(list(set_ or []), given)
 
     if nproc is not None:
-        run(lambda: _torchrun(nproc, config, settings()))
+        with user_errors():
+            _torchrun(nproc, config, settings())
 
-    def work() -> dict[str, Any]:
+    with user_errors():
         sets = settings()
+        import_torch()
         from ..training.train import TrainingInterrupted
-        from ..training.train import train as run_train
+        from ..training.train import train as train_run
+        from ..utils.runtime import keep_freed_memory
 
+        keep_freed_memory()  # a process-wide setting: the command's to make, not the library's
         try:
-            overrides = sets + (["output.overwrite=true"] if overwrite else [])
-            return run_train(config, overrides, out, quiet, resume, launched=True)
+            metrics = train_run(config, sets, out, quiet, resume, launched=True, overwrite=overwrite)
         except TrainingInterrupted as stop:
             keep = [a for o in sets for a in ("--set", o)]  # shortcuts too: a resume without them would differ
-            ranks = os.environ.get("WORLD_SIZE", "1")  # on one machine under torchrun: resume as many ranks
-            keep += ["--nproc", ranks] if ranks != "1" and ranks == os.environ.get("LOCAL_WORLD_SIZE") else []
+            keep += ["--nproc", str(stop.nproc)] if stop.nproc else []  # as many ranks, when all were on this machine
             again = shlex.join(["mnistcli", "train", str(config), *keep, "--resume", str(stop.checkpoint)])
             name = signal.Signals(stop.signum).name
             typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; resume with: {again}", err=True)
             raise typer.Exit(128 + stop.signum) from None
-
-    metrics = run(work)
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for the run
         return
     typer.echo(
@@ -163,7 +163,8 @@ def plot(
             target, replace = Path("curves.png"), "curves"
         return save_curves(list(runs), target, replace)
 
-    typer.echo(f"wrote {run(work)}")
+    with user_errors():
+        typer.echo(f"wrote {work()}")
 
 
 def lr_find(
@@ -188,6 +189,7 @@ def lr_find(
     setup_logging(False)
 
     def work() -> dict:
+        import_torch()
         if out.name in ("", ".", ".."):
             raise UserError(f"--out {out}: not a file name; give a PNG file, e.g. --out lr_find.png")
         if importlib.util.find_spec("matplotlib") is not None:
@@ -198,7 +200,8 @@ def lr_find(
 
         return find_lr(config, list(overrides), steps, start, end)
 
-    res = run(work)
+    with user_errors():
+        res = work()
     typer.echo(
         f"suggested lr {res['suggestion']:.3g} (lowest loss at {res['lowest']:.3g}; a tenth of that, "
         f"{res['lowest'] / 10:.3g}, is a safer pick) for {res['optimizer']}: --set optimizer.lr={res['suggestion']:.3g}"
@@ -211,7 +214,8 @@ def lr_find(
 
         return save_figure(lr_find_figure(res), out, "lr-find", replace and "lr-find")
 
-    drawn = run(draw)
+    with user_errors():
+        drawn = draw()
     typer.echo(f"curve: {drawn}" if drawn else "curve: not drawn (install mnistcli[plots] for lr_find.png)")
 
 
@@ -229,10 +233,13 @@ def sweep(
     setup_logging(quiet)
 
     def work() -> dict[str, Any]:
+        import_torch()
         from ..training.sweep import parse_grid, run_sweep
         from ..training.train import TrainingInterrupted
         from ..utils.progress import resolve
+        from ..utils.runtime import keep_freed_memory
 
+        keep_freed_memory()  # as train does
         try:
             return run_sweep(config, parse_grid(grid), list(set_ or []), out, progress=resolve(None, quiet))
         except TrainingInterrupted as stop:  # the run in progress left interrupted.pt; the same command goes on
@@ -240,7 +247,8 @@ def sweep(
             typer.echo(f"stopped by {name}: wrote {stop.checkpoint}; run the same command again to go on", err=True)
             raise typer.Exit(128 + stop.signum) from None
 
-    res = run(work)
+    with user_errors():
+        res = work()
     for line in res["table"]:
         typer.echo(line)
     typer.echo(f"best: {res['best_checkpoint']}")

@@ -22,17 +22,28 @@ class RunViews:
     """curves.png and (optionally) TensorBoard for one run; `step` is given to the training loop only with
     TensorBoard on, so a run without it pays nothing per step."""
 
-    def __init__(self, out: Path, spec: InputSpec, tensorboard: bool, every: int, steps_per_epoch: int) -> None:
+    def __init__(
+        self,
+        out: Path,
+        spec: InputSpec,
+        tensorboard: bool,
+        every: int,
+        steps_per_epoch: int,
+        model: nn.Module | None = None,
+        curves: bool = True,
+        images: bool = True,
+    ) -> None:
+        """`model`: its graph goes to TensorBoard at the first step; `curves`: draw curves.png (rank 0 only);
+        `images`: the steps' inputs are images (not a frozen backbone's cached features), shown once."""
         self.out, self.spec, self.steps_per_epoch = out, spec, steps_per_epoch
-        self.curves = True  # off after the first failure (no matplotlib: said once)
+        self.curves = curves  # off after the first failure too (no matplotlib: said once)
         self.drawn_at, self.draw_seconds, self.pending = 0.0, 0.0, False  # perf_counter s; last drawing's cost
         self.tb = None
         if tensorboard:  # asked for: a missing extra is an error before any work, not a warning
             from .tensorboard_log import TensorBoardLog
 
             self.tb = TensorBoardLog(out, every)
-        self.model: nn.Module | None = None  # the graph is added once, at the first step
-        self.images = True  # the steps' inputs are images (not a frozen backbone's cached features)
+        self.model, self.images = model, images
 
     def step(self, epoch: int, batch: int, x: torch.Tensor, loss: torch.Tensor, lr: float) -> None:
         """After each training step: step scalars; the epoch's first (augmented) inputs; the graph once."""

@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(Exception):
-    """Raised after SIGINT/SIGTERM once the current step is done and `checkpoint` is written."""
+    """Raised after SIGINT/SIGTERM once the current step is done and `checkpoint` is written; `nproc`: the ranks a
+    resume starts again (`train --nproc`) when all of them ran on this machine, else None."""
 
-    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT) -> None:
+    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT, nproc: int | None = None) -> None:
         super().__init__(f"interrupted: wrote {checkpoint}")
-        self.checkpoint, self.signum = checkpoint, signum
+        self.checkpoint, self.signum, self.nproc = checkpoint, signum, nproc
 
 
 def _checkpoint(run: Run, epoch: int, resume: dict[str, Any] | None) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def stalled(cfg: Config, rows: list[dict[str, Any]]) -> str | None:
     )
 
 
-def run_epochs(run: Run, progress: Display | bool, received: list[int], views: RunViews) -> dict[str, Any]:
+def train_epochs(run: Run, progress: Display | bool, views: RunViews) -> dict[str, Any]:
     """The epochs: train, validate, log, checkpoint; a stop (in training or validation) writes interrupted.pt."""
     cfg, main = run.cfg, run.world.main
     if stalled(cfg, run.rows):  # a resume of a run early stopping ended: nothing to train until patience grows
@@ -100,7 +101,8 @@ def run_epochs(run: Run, progress: Display | bool, received: list[int], views: R
             path, state = run.out / INTERRUPTED, _checkpoint(run, epoch - 1, resume_state(run, data, partial))
             if main:
                 save_checkpoint(state, path)
-            raise TrainingInterrupted(path, received[0] if received else signal.SIGINT)
+            nproc = run.world.size if run.world.active and run.world.one_machine else None
+            raise TrainingInterrupted(path, run.setup.stop.signum or signal.SIGINT, nproc)
         run.schedule.step_epoch()
         row = {
             "epoch": epoch,
@@ -127,9 +129,9 @@ def run_epochs(run: Run, progress: Display | bool, received: list[int], views: R
     if main:  # the run is complete: nothing left to resume
         (run.out / INTERRUPTED).unlink(missing_ok=True)
     summary = {**_summary(run), "stopped_early": stopped_early}
-    if run.setup.stop.is_set():  # said in the summary, so a sweep does not start its next run
+    if run.setup.stop.agreed():  # said in the summary, so a sweep does not start its next run
         log.warning("the stop came as the last epoch ended: the run is complete")
-        summary["stopped"] = received[0] if received else signal.SIGINT
+        summary["stopped"] = run.setup.stop.signum or signal.SIGINT
     return summary
 
 
@@ -152,7 +154,7 @@ def _evaluate_val(run: Run, epoch: int, progress: Display | bool) -> dict[str, A
         run.setup.amp_dtype,
         progress,
         f"epoch {epoch} val",
-        stop=getattr(run.setup.stop, "own", run.setup.stop),  # this rank's flag: evaluate agrees at its end
+        stop=run.setup.stop,  # evaluate reads this rank's request and agrees with the others at its end
         across_ranks=run.world.active,
     )
     return None if va.get("stopped") else va

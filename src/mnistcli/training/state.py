@@ -20,7 +20,7 @@ from ..models.families import ModelFamily, build_model, family_of
 from ..optim import LRSchedule, build_optimizer
 from ..runs.features import cache_off, feature_batches, split_features
 from ..runs.folder import FEATURES
-from ..utils.distributed import SINGLE, STOP_CHECK_EVERY_CUDA, AgreedStop, World
+from ..utils.distributed import SINGLE, StopRequest, World
 from ..utils.progress import Display
 from ..utils.runtime import amp_dtype
 from ..utils.stopwatch import Stopwatch
@@ -50,12 +50,16 @@ class Run:
     partial: dict[str, Any] | None = None  # sums of an epoch interrupted part-way
     versions: dict[str, Any] = field(default_factory=dict)  # software, commit and device, for every checkpoint
     splits: dict[str, Any] = field(default_factory=dict)  # what the image folders read were made of, by split
-    step_model: nn.Module | None = None  # what the loop calls: the model, or its torch.compile wrapper
+    step_model: nn.Module | None = None  # what the loop calls: the model, in DDP and compiled as asked
     run_id: str = ""  # identifies the run across resumes: the run folder's owner
     world: World = SINGLE  # this process's rank among torchrun's processes
     watch: Stopwatch = field(default_factory=Stopwatch)  # seconds by phase: training, validation, checkpoints
     image_batches: tuple[DeviceBatches, DeviceBatches] | None = None  # kept while cached features stand in for them
     average: WeightAverage | None = None  # train.ema: the moving average of the weights
+
+    def __post_init__(self) -> None:
+        if self.step_model is None:
+            self.step_model = step_model_of(self.model, self.cfg, self.world, self.device)
 
     @property
     def family(self) -> ModelFamily:
@@ -115,37 +119,52 @@ def new_run(
     model: nn.Module,
     batches: tuple[DeviceBatches, DeviceBatches],
     world: World = SINGLE,
+    stop: StopRequest | None = None,
     class_counts: list[int] | None = None,
+    **identity: Any,
 ) -> Run:
     """Optimizer, schedule, scaler and loss around a fresh model and its (train, val) batches (`class_counts`: the
-    training images per class, for loss.class_weights); under torchrun the loop calls the model through
-    DistributedDataParallel and all ranks agree on a stop."""
+    training images per class, for loss.class_weights; `stop`: the run's stop request; `identity`: the run's
+    run_id, versions and splits); under torchrun the loop calls the model through DistributedDataParallel."""
     dtype = amp_dtype(cfg.train.amp, device)
     optimizer = build_optimizer(param_groups_of(model, family_of(arch), cfg), cfg.optimizer)
     steps = math.ceil(len(batches[0]) / cfg.train.accumulate)  # optimizer steps per epoch
     schedule = LRSchedule(optimizer, cfg.scheduler, cfg.train.epochs, steps, cfg.train.max_steps)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     loss = build_loss(cfg.loss, class_counts).to(device)
-    setup = StepSetup(loss, optimizer, schedule, scaler, dtype, cfg.train.grad_clip, cfg.train.on_nan)
-    setup.accumulate = cfg.train.accumulate
-    if world.active:
-        setup.stop = AgreedStop(STOP_CHECK_EVERY_CUDA if device.type == "cuda" else 1)
-    run = Run(cfg, out, device, spec, arch, classes, model, *batches, setup, schedule, world=world)
-    if cfg.train.ema is not None:
-        run.average = setup.average = WeightAverage(model, cfg.train.ema.decay, cfg.train.ema.warmup)
-    _wrap(run)
-    return run
+    ema = cfg.train.ema
+    average = WeightAverage(model, ema.decay, ema.warmup) if ema is not None else None
+    setup = StepSetup(
+        *(loss, optimizer, schedule, scaler, dtype, cfg.train.grad_clip, cfg.train.on_nan),
+        stop=stop or StopRequest(world),
+        accumulate=cfg.train.accumulate,
+        average=average,
+    )
+    return Run(
+        cfg,
+        out,
+        device,
+        spec,
+        arch,
+        classes,
+        model,
+        *batches,
+        setup,
+        schedule,
+        world=world,
+        average=average,
+        **identity,
+    )
 
 
-def _wrap(run: Run) -> None:
+def step_model_of(model: nn.Module, cfg: Config, world: World, device: torch.device) -> nn.Module:
     """What the loop calls: the model, in DDP under torchrun, compiled when asked. All wrappers share the model's
     parameters, so checkpoints keep saving `model` itself (the single-process format)."""
-    model = run.model
-    if run.world.active:
+    if world.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(model, device_ids=[run.device] if run.device.type == "cuda" else None)
-    run.step_model = torch.compile(model) if run.cfg.train.compile else model
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(model) if cfg.train.compile else model
 
 
 def unfreeze(run: Run) -> None:
@@ -163,9 +182,9 @@ def unfreeze(run: Run) -> None:
         images.load_state(run.train_batches.state())
         run.train_batches, run.val_batches = run.image_batches
         run.image_batches = None
-        _wrap(run)
+        run.step_model = step_model_of(run.model, run.cfg, run.world, run.device)
     elif run.world.active:  # DDP reduces the parameters that trained when it was built: build it again
-        _wrap(run)
+        run.step_model = step_model_of(run.model, run.cfg, run.world, run.device)
     log.info("backbone unfrozen (lr %.3g)", lr)
 
 

@@ -193,7 +193,7 @@ def _train(
     runs: list[SweepRun], keys: list[str], root: Path, results: dict[str, dict[str, Any]], progress: Any
 ) -> None:
     """Train (or resume) the runs not finished yet, in order, rewriting sweep.csv after each."""
-    from .train import TrainingInterrupted, fit
+    from .train import TrainingInterrupted, train
 
     for i, run in enumerate(runs, 1):
         doing = {"finished": "finished earlier, kept", "resume": "resuming", "new": "starting"}[run.state]
@@ -201,7 +201,7 @@ def _train(
         if run.state == "finished":
             continue
         try:
-            summary = fit(run.cfg, progress=progress, resume="last" if run.state == "resume" else None)
+            summary = train(run.cfg, progress=progress, resume="last" if run.state == "resume" else None)
         except (TrainingInterrupted, KeyboardInterrupt):
             log.warning(
                 "sweep stopped in run %s with %d of %d runs finished (%s); run the same command again to go on",

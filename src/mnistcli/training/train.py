@@ -1,4 +1,5 @@
-"""`train(config) -> metrics`: builds everything from a config, runs the epochs, writes the run folder."""
+"""`train(config) -> metrics`: the path of a run, read top to bottom: the config, the run folder, the run built
+(device, checks, data, model, optimizer, state), its epochs, the closing lines."""
 
 from __future__ import annotations
 
@@ -21,22 +22,15 @@ from ..losses import class_weights
 from ..models.families import MODELS
 from ..models.probe import check_fits, probe_model
 from ..runs.checkpoint import load_checkpoint
-from ..runs.folder import claimed, run_folder, write_config
+from ..runs.folder import claimed, run_dir, run_folder, write_config
 from ..runs.views import RunViews
 from ..utils import distributed as ddp
 from ..utils.errors import option
 from ..utils.progress import Display, ensure_visible, resolve
-from ..utils.runtime import fast_math, keep_freed_memory, resolve_device, run_versions, seed_everything
+from ..utils.runtime import fast_math, resolve_device, run_versions, seed_everything
 from ..utils.stopwatch import Stopwatch, since_launch
-from .epochs import TrainingInterrupted, run_epochs
-from .resume import (
-    check_epochs_left,
-    check_resume,
-    check_training_state,
-    repair_best,
-    restore,
-    run_id_of,
-)
+from .epochs import TrainingInterrupted, train_epochs
+from .resume import check_epochs_left, check_resume, check_training_state, repair_best, restore, run_id_of
 from .state import Run, build_run_model, new_run, use_cached_features
 
 log = logging.getLogger(__name__)
@@ -53,55 +47,84 @@ def train(
     launched: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train from a YAML path, dict or Config (plus `a.b=value` overrides); returns the run's metrics.
-    overwrite: a new run may replace an earlier run's files in its folder (output.overwrite).
+    """Train from a YAML path, dict or Config (plus `a.b=value` overrides): validate every epoch, write best.pt,
+    last.pt, config.yaml, metrics.csv into the run folder; returns the run's metrics.
 
+    The run folder is locked for the whole run and written only when it is empty, this run's own (a resume), or
+    overwrite (output.overwrite) is set; a resume continues in its checkpoint's folder unless out names another.
     progress: 'auto' (bars in a terminal or notebook, plain lines otherwise), 'bar', 'lines' or 'off' (also
     True/False); log_every: the least seconds between two progress lines (default 30). quiet: no progress and
     no per-epoch lines. launched: the process was started for this run (the CLI), so its timings count from the
-    process's start rather than from this call."""
-    with ddp.rank0_speaks(ddp.launched()):  # under torchrun: one line for a bad config, not one per rank
+    process's start rather than from this call. Under torchrun every rank calls it; rank 0 writes and reports."""
+    origin = 0.0 if launched else since_launch()  # seconds after the process start
+    world = ddp.launched()
+    with ddp.rank0_speaks(world):  # under torchrun: one line for a bad config, not one per rank
         cfg = load_config(source, overrides)
     if out is not None:
         cfg.output.dir = str(out)
-    if overwrite:
-        cfg.output.overwrite = True
-    display = resolve(progress, quiet, log_every)
+    cfg.output.overwrite = cfg.output.overwrite or overwrite
+    display = resolve(progress, quiet, log_every) if world.main else False
     if not quiet:
         ensure_visible()
-    return fit(cfg, progress=display, resume=resume, launched=launched)
-
-
-def fit(
-    cfg: Config, progress: Display | bool = False, resume: str | Path | None = None, launched: bool = False
-) -> dict[str, Any]:
-    """Run a valid config: train, validate every epoch, write best.pt, last.pt, config.yaml, metrics.csv.
-
-    The run folder is locked for the whole run and written only when it is empty, this run's own (a resume), or
-    output.overwrite is set. A resume continues in its checkpoint's folder unless output.dir names another."""
-    world, origin = ddp.launched(), 0.0 if launched else since_launch()  # seconds after the process start
-    if not world.active:
-        return _fit_rank(cfg, progress, resume, ddp.SINGLE, origin)
-    try:  # under torchrun: rank 0 writes, shows progress and reports; the others only train
-        return ddp.on_ranks(
-            world, cfg, lambda: _fit_rank(cfg, progress if world.main else False, resume, world, origin)
-        )
-    except TrainingInterrupted as stop:
+    device = resolve_device(ddp.device_name(cfg.train.device, world))
+    stop = ddp.StopRequest(world, ddp.STOP_CHECK_EVERY_CUDA if device.type == "cuda" else 1)
+    try:
+        with ddp.joined(world, cfg, device), _opened(cfg, resume, world) as (folder, run_id, ckpt):
+            startup = Stopwatch()  # the phases before the first step; the run's own watch times the rest
+            run, n_train, n_val = build_run(cfg, folder, run_id, ckpt, device, world, stop, startup, display)
+            tb = cfg.train.tensorboard and world.main
+            # on cached features the steps' inputs are not images: no input grid, no graph of the whole network
+            cached = run.image_batches is not None
+            views = RunViews(
+                folder,
+                run.spec,
+                tb,
+                cfg.train.tensorboard_every,
+                run.schedule.steps,
+                model=run.model if tb and not cached else None,
+                curves=world.main,
+                images=not cached,
+            )
+            log.info(
+                "%s: %s on %s, %d train / %d val images, %d classes -> %s",
+                *(cfg.name, cfg.model.name, device, n_train, n_val, len(run.classes), folder),
+            )
+            start = since_launch() - origin  # from launch: interpreter, imports, config, folder, the phases above
+            where, before = "launch" if origin == 0.0 else "the call", start - sum(startup.seconds.values())
+            line = "startup %.2f s from %s to the first step: imports and config %.2f s, %s"
+            log.info(line, start, where, before, startup.line())
+            run.watch.add("startup", start)
+            summary: dict[str, Any] = {}
+            try:
+                with _stop_on_signals(stop):
+                    summary = train_epochs(run, display, views)
+                return summary
+            finally:  # hparams only for a run that ended; event files are closed either way
+                final = {k: summary[k] for k in ("best_val_acc", "best_epoch")} if summary else {}
+                with run.watch("closing"):
+                    views.close(cfg.to_dict(), final)
+                total = since_launch() - origin
+                run.watch.add("other", max(0.0, total - sum(run.watch.seconds.values())))  # overlaps round below 0
+                log.info("time %.2f s since %s: %s", total, where, run.watch.line())
+    except TrainingInterrupted as stopped:
         if world.main:
             raise
-        raise ddp.RankExit(128 + stop.signum) from None
+        raise ddp.RankExit(128 + stopped.signum) from None
 
 
-def _fit_rank(
-    cfg: Config, progress: Display | bool, resume: str | Path | None, world: ddp.World, origin: float
-) -> dict[str, Any]:
-    """`fit` in one process; rank 0 claims the run folder and tells the other ranks the run's id (None: it failed)."""
+@contextlib.contextmanager
+def _opened(cfg: Config, resume: str | Path | None, world: ddp.World) -> Iterator[tuple[Path, str, Any]]:
+    """The run folder, locked by rank 0 for the whole run, with the run's id and the checkpoint it resumes from
+    (checked whole before any work); rank 0 tells the other ranks the id (None: the start failed)."""
     told = not world.active
     try:
-        out, source = run_folder(cfg, resume)
+        folder, source = run_folder(cfg, resume)
+        if folder != run_dir(cfg):  # a resume in its checkpoint's folder: config.yaml says where the run is
+            cfg.output.dir = str(folder)
         ckpt = load_checkpoint(source) if source is not None else None
         if ckpt is not None:
             check_training_state(ckpt)
+            check_epochs_left(ckpt, cfg)
             # the validation split is drawn as the run first drew it (runs older than the stratified draw kept none)
             cfg.data.val_by_class = load_config(ckpt["config"], stored=True).data.val_by_class
         if not world.main:
@@ -109,77 +132,36 @@ def _fit_rank(
             run_id = ddp.broadcast(None)
             if run_id is None:
                 raise ddp.RankExit(2)
-            return _fit(cfg, out, run_id, ckpt, progress, world, origin)
-        with claimed(out, run_id_of(ckpt), source, cfg.output.overwrite) as run_id:
+            yield folder, run_id, ckpt
+            return
+        with claimed(folder, run_id_of(ckpt), source, cfg.output.overwrite) as run_id:
             if ckpt is not None and source is not None:
-                repair_best(out, ckpt, source)
-                check_epochs_left(ckpt, cfg)
+                repair_best(folder, ckpt, source)
             if not told:
                 told = ddp.broadcast(run_id) is not None
-            return _fit(cfg, out, run_id, ckpt, progress, world, origin)
+            yield folder, run_id, ckpt
     except BaseException:
         if not told:
             ddp.broadcast(None)
         raise
 
 
-def _fit(
+def build_run(
     cfg: Config,
     out: Path,
     run_id: str,
     ckpt: dict[str, Any] | None,
-    progress: Display | bool,
-    world: ddp.World = ddp.SINGLE,
-    origin: float = 0.0,
-) -> dict[str, Any]:
-    """Build the run (data, model, optimizer; restored from `ckpt` when resuming) and train it; its timings count
-    from `origin` seconds after the process started."""
-    startup = Stopwatch()  # the phases before the first step; the run's own watch times the rest
-    run, n_train, n_val = _build(cfg, out, run_id, ckpt, world, startup, progress)
-    tb = cfg.train.tensorboard and world.main
-    views = RunViews(out, run.spec, tb, cfg.train.tensorboard_every, run.schedule.steps)
-    # on cached features the steps' inputs are not images: no input grid, no graph of the whole network
-    views.model = run.model if tb and run.image_batches is None else None
-    views.curves, views.images = world.main, run.image_batches is None
-    summary: dict[str, Any] = {}
-    with _stop_on_signals(run.setup.stop) as received:
-        log.info(
-            "%s: %s on %s, %d train / %d val images, %d classes -> %s",
-            *(cfg.name, cfg.model.name, run.device, n_train, n_val, len(run.classes), out),
-        )
-        start = since_launch() - origin  # from launch: interpreter, imports, config, run folder, the phases above
-        where, before = "launch" if origin == 0.0 else "the call", start - sum(startup.seconds.values())
-        line = "startup %.2f s from %s to the first step: imports and config %.2f s, %s"
-        log.info(line, start, where, before, startup.line())
-        run.watch.add("startup", start)
-        try:
-            summary = run_epochs(run, progress, received, views)
-            return summary
-        finally:  # hparams only for a run that ended; event files are closed either way
-            final = {k: summary[k] for k in ("best_val_acc", "best_epoch")} if summary else {}
-            with run.watch("closing"):
-                views.close(cfg.to_dict(), final)
-            total = since_launch() - origin
-            run.watch.add("other", max(0.0, total - sum(run.watch.seconds.values())))  # overlaps round below 0
-            log.info("time %.2f s since %s: %s", total, where, run.watch.line())
-
-
-def _build(
-    cfg: Config,
-    out: Path,
-    run_id: str,
-    ckpt: dict[str, Any] | None,
+    device: torch.device,
     world: ddp.World,
+    stop: ddp.StopRequest,
     watch: Stopwatch,
     progress: Display | bool = False,
 ) -> tuple[Run, int, int]:
-    """The run's device, checks, data, model and optimizer (timed by phase), a frozen backbone's cached features,
-    with its training and validation sizes."""
+    """The run's checks, data, model and optimizer (timed by phase), restored from `ckpt` when resuming, on a frozen
+    backbone's cached features where exact; with its training and validation sizes."""
     with watch("checks"):
-        device = resolve_device(ddp.device_name(cfg.train.device, world))
         seed_everything(cfg.seed, cfg.train.deterministic)
         fast_math(device, cfg.train.deterministic)
-        keep_freed_memory()
         family = MODELS[cfg.model.name]
         spec = input_spec(cfg)
         # the architecture and its memory, checked on the meta device before any data is read (2 classes: a bound)
@@ -222,9 +204,9 @@ def _build(
         )
     with watch("model"):
         model = build_run_model(cfg, arch, device, cl, weights)
-        run = new_run(cfg, out, device, spec, arch, classes, model, batches, world, counts)
-    run.versions, run.run_id = run_versions(device), run_id
-    run.splits = {k: v for k, v in records.items() if v is not None}
+        splits_read = {k: v for k, v in records.items() if v is not None}
+        identity = {"run_id": run_id, "versions": run_versions(device), "splits": splits_read}
+        run = new_run(cfg, out, device, spec, arch, classes, model, batches, world, stop, counts, **identity)
     if world.rank:  # the model is built alike everywhere; dropout masks from here on differ per rank
         torch.manual_seed(cfg.seed + world.rank)
     if ckpt is not None:
@@ -238,24 +220,21 @@ def _build(
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (the signals received are yielded); a second
-    one stops at once."""
-    received: list[int] = []
+def _stop_on_signals(stop: ddp.StopRequest) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the run to stop after the current step; a second one stops at once."""
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if received:  # (not stop.is_set(): under torchrun that asks every rank, which a handler must not)
+        if stop.asked:  # this process's own request (under torchrun agreeing would need every rank)
             raise KeyboardInterrupt
-        received.append(signum)
-        stop.set()
+        stop.ask(signum)
         log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield received
+        yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

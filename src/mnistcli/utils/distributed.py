@@ -15,9 +15,9 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,6 @@ from torch.utils.data import Sampler
 from .errors import UserError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 RANK0_GRACE = 20.0  # s: how long a rank other than 0 waits for rank 0 to report an error both met
 STOP_CHECK_EVERY_CUDA = 8  # steps between two stop agreements on CUDA: each one waits for every rank
@@ -39,6 +38,12 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # the ranks on this machine
+
+    @property
+    def one_machine(self) -> bool:
+        """Whether every rank runs on this machine (what `train --nproc N` starts)."""
+        return self.local_size == self.size
 
     @property
     def active(self) -> bool:
@@ -99,7 +104,8 @@ def launched() -> World:
             f"WORLD_SIZE={size} is set in the environment but {what}: these are torchrun's, left in the shell; "
             "unset WORLD_SIZE and RANK to train in one process, or start several with --nproc N or torchrun"
         )
-    return World(int(rank), size, int(os.environ.get("LOCAL_RANK", "0")))
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return World(int(rank), size, int(os.environ.get("LOCAL_RANK", "0")), int(local) if local.isdigit() else 1)
 
 
 def follow_parent(signum: int = signal.SIGTERM, every_s: float = 0.5) -> None:
@@ -185,26 +191,35 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-class AgreedStop(threading.Event):
-    """A stop request all ranks agree on: `set` (a signal) marks this rank; `is_set` asks every rank, so all stop
-    after the same step. Every rank must call `is_set` alike; `own` is this rank's flag alone (no collective)."""
+class StopRequest:
+    """A request to stop after the current step, made once per run. `ask` (a signal handler) records this process's
+    signal; `asked` is this process's own request (no collective); `agreed()` whether any rank asked: in one process
+    the same, under torchrun agreed by every rank every `every` calls, so all stop after the same step (every rank
+    must call it alike), and once agreed it stays so."""
 
-    def __init__(self, every: int = 1) -> None:
-        super().__init__()
-        self.own, self.every, self.calls = threading.Event(), every, 0
+    def __init__(self, world: World | None = None, every: int = 1) -> None:
+        self.world, self.every, self.calls = world or SINGLE, every, 0
+        self.signum: int | None = None  # the first signal this process received
+        self._agreed = False
 
-    def set(self) -> None:
+    @property
+    def asked(self) -> bool:
+        """Whether this process was asked to stop."""
+        return self.signum is not None
+
+    def ask(self, signum: int) -> None:
         """Ask for a stop (from a signal handler: no collective here)."""
-        self.own.set()
+        if self.signum is None:
+            self.signum = signum
 
-    def is_set(self) -> bool:
-        """Whether some rank asked for a stop, agreed every `every` calls; once agreed, it stays set."""
-        if super().is_set():
-            return True
-        self.calls += 1
-        if self.calls % self.every == 0 and any_rank(self.own.is_set()):
-            super().set()
-        return super().is_set()
+    def agreed(self) -> bool:
+        """Whether the run stops after this step."""
+        if not self.world.active:
+            return self.asked
+        if not self._agreed:
+            self.calls += 1
+            self._agreed = self.calls % self.every == 0 and any_rank(self.asked)
+        return self._agreed
 
 
 class RankExit(UserError):
@@ -261,19 +276,21 @@ def _wait_for_rank0() -> None:
     time.sleep(RANK0_GRACE)
 
 
-def on_ranks(world: World, cfg: Any, body: Callable[[], T]) -> T:
-    """Run `body` as one rank of a torchrun run: join the group, report errors from rank 0 alone, leave the group.
-    A collective that fails (a rank died, or `train.dist_timeout` passed) is one line on each surviving rank."""
-    from .runtime import resolve_device
-
+@contextlib.contextmanager
+def joined(world: World, cfg: Any, device: torch.device) -> Iterator[None]:
+    """The body runs as one rank of a torchrun run (nothing to do in one process): join the group, report errors
+    from rank 0 alone, leave the group. A collective that fails (a rank died, or `train.dist_timeout` passed) is one
+    line on each surviving rank."""
+    if not world.active:
+        yield
+        return
     try:
         with rank0_speaks(world):
             check_batch(cfg.data.batch_size, world)
             if cfg.train.on_nan == "skip":  # a rank skipping its step would leave the others' gradients unmatched
                 raise UserError("train.on_nan: skip works in one process only; under torchrun use stop (the default)")
-            device = resolve_device(device_name(cfg.train.device, world))
             start(world, device, cfg.train.dist_timeout)
-            return body()
+            yield
     except (RuntimeError, dist.DistError) as exc:
         if _lost_contact(exc):
             raise lost_rank(world, exc) from None

@@ -35,8 +35,11 @@ class Display:
     every: float = LINE_SECONDS
 
 
-def resolve(progress: bool | str | None, quiet: bool = False, every: float | None = None) -> Display:
-    """A user's choice as a Display: auto (None, True) is bars for a terminal or notebook, lines otherwise."""
+def resolve(progress: Display | bool | str | None, quiet: bool = False, every: float | None = None) -> Display:
+    """A user's choice as a Display: auto (None, True) is bars for a terminal or notebook, lines otherwise; a
+    Display stays as it is."""
+    if isinstance(progress, Display) and not quiet:
+        return progress
     if quiet or progress is False or progress == "off":
         return Display("off")
     if progress in (None, True, "auto"):
