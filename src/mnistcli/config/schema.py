@@ -177,7 +177,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max gradient norm
     unfreeze_at_epoch: int | None = None  # backbones: unfreeze from this epoch (1-based)
     feature_cache: bool = True  # frozen backbones: run the backbone once per split where exact (no random augmentation)
-    on_nan: Literal["stop", "skip"] = "stop"  # what a non-finite loss does
+    on_nan: Literal["stop", "skip"] = "stop"  # what a non-finite loss does (skip: one host sync per step on a GPU)
     max_steps: int | None = None  # stop after this many optimizer steps in all (quick trials); the schedule fits it
     tensorboard: bool = False  # write TensorBoard event files into <run folder>/tensorboard/ (mnistcli[tensorboard])
     tensorboard_every: int = 50  # optimizer steps between the per-step loss and lr points in TensorBoard
