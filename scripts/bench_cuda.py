@@ -121,7 +121,7 @@ def mnistcli_side(overrides: dict, device: torch.device, steps: int) -> Callable
     splits, classes = open_splits(cfg, spec, ["train"])
     cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
     batches = make_batches(splits["train"], cfg, spec, device, train=True, channels_last=cl)
-    arch = family.spec(cfg.model, [spec.channels, *spec.size], len(classes))
+    arch = family.arch(cfg.model, [spec.channels, *spec.size], len(classes))
     model = build_run_model(cfg, arch, device, cl)
     opt = build_optimizer([{"params": [p for p in model.parameters() if p.requires_grad]}], cfg.optimizer)
     dtype = amp_dtype(cfg.train.amp, device)
@@ -183,7 +183,7 @@ def workloads(args: argparse.Namespace, device: torch.device, folder: Path) -> d
     folder_cfg["data"].update(batch_size=args.resnet_batch, num_workers=args.workers)
     mnist_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     imagenet = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    arch = MODELS["cnn"].spec(load_config(mnist_cfg).model, [1, 28, 28], CLASSES)
+    arch = MODELS["cnn"].arch(load_config(mnist_cfg).model, [1, 28, 28], CLASSES)
     return {
         f"mnist_cnn, MNIST in memory, batch {args.batch}": {
             "mnistcli": lambda: mnistcli_side(mnist_cfg, device, args.steps),

@@ -10,7 +10,7 @@ import torch
 from bench_throughput import EXAMPLES_NET, WARMUP
 
 from mnistcli.config.schema import load_config
-from mnistcli.models.families import arch_spec, build_model
+from mnistcli.models.families import arch_of, build_model
 from mnistcli.utils.runtime import keep_freed_memory
 
 # Variants of one training step behind the defaults: the pytorch/examples network, one random batch, Adam.
@@ -31,7 +31,7 @@ def design_process(settings: dict[str, bool], batch: int, steps: int) -> tuple[f
     if settings.get("keep_freed"):
         keep_freed_memory()  # before the step allocates anything, as `mnistcli train` does
     torch.manual_seed(0)
-    model = build_model(arch_spec(load_config({"model": EXAMPLES_NET}).model, [1, 28, 28], 10)).train()
+    model = build_model(arch_of(load_config({"model": EXAMPLES_NET}).model, [1, 28, 28], 10)).train()
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     if settings.get("channels_last", True):
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)

@@ -51,7 +51,7 @@ def build(config: str, overrides: list[str], out: Path) -> Any:
     cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
     splits, classes = open_splits(cfg, spec, ["train", "val"])
     batches = tuple(make_batches(splits[s], cfg, spec, device, s == "train", cl) for s in splits)
-    arch = family.spec(cfg.model, [spec.channels, *spec.size], len(classes))
+    arch = family.arch(cfg.model, [spec.channels, *spec.size], len(classes))
     model = build_run_model(cfg, arch, device, cl)
     return new_run(cfg, out, device, spec, arch, classes, model, batches)
 

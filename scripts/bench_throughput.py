@@ -14,7 +14,7 @@ from mnistcli.config.schema import OptimizerConfig, load_config
 from mnistcli.data.input_spec import input_spec
 from mnistcli.data.loaders import make_batches, open_splits
 from mnistcli.engine import StepSetup, train_one_epoch
-from mnistcli.models.families import arch_spec, build_model
+from mnistcli.models.families import arch_of, build_model
 from mnistcli.optim import build_optimizer
 from mnistcli.utils.runtime import keep_freed_memory
 
@@ -137,7 +137,7 @@ def throughput(repeats: int, steps: int, batch: int) -> list[dict]:
         spec = input_spec(cfg)
         splits, _ = open_splits(cfg, spec, ["train"])
         batches = make_batches(splits["train"], cfg, spec, torch.device("cpu"), train=True, channels_last=True)
-        arch = arch_spec(cfg.model, [1, 28, 28], 10)
+        arch = arch_of(cfg.model, [1, 28, 28], 10)
         m = cfg.model
         hand_kwargs = dict(**layout, hidden=m.hidden[0], conv_dropout=m.conv_dropout, dropout=m.dropout)
         count = lambda net: sum(p.numel() for p in net.parameters())

@@ -91,7 +91,7 @@ def test_every_backbone_outputs_classes(name: str) -> None:
 
 def test_rebuild_from_spec_reproduces_outputs() -> None:
     cfg = ModelConfig(name="resnet18", log_softmax=True, head=HeadConfig(hidden=[8], activation="silu", dropout=0.2))
-    spec = json.loads(json.dumps(FAMILIES["torchvision"].spec(cfg, [3, 32, 32], 4)))  # kwargs are plain data
+    spec = json.loads(json.dumps(FAMILIES["torchvision"].arch(cfg, [3, 32, 32], 4)))  # kwargs are plain data
     assert spec == {
         "family": "torchvision",
         "name": "resnet18",

@@ -13,7 +13,7 @@ import torch
 
 from mnistcli.config.schema import ModelConfig
 from mnistcli.data.input_spec import InputSpec
-from mnistcli.models.families import arch_spec, build_model
+from mnistcli.models.families import arch_of, build_model
 from mnistcli.runs.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from mnistcli.utils.errors import CheckpointError
 
@@ -29,7 +29,7 @@ SPEC = {
 
 
 def real_payload() -> dict:
-    arch = arch_spec(ModelConfig(name="cnn", channels=[4], hidden=[8]), [1, 28, 28], 10)
+    arch = arch_of(ModelConfig(name="cnn", channels=[4], hidden=[8]), [1, 28, 28], 10)
     model = build_model(arch)
     return {
         "arch": arch,
@@ -115,13 +115,24 @@ def test_missing_file(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "nope.pt")
 
 
-def test_checkpoint_of_an_earlier_version_loads(tmp_path: Path) -> None:
-    """Earlier versions stored {'name': 'cnn', 'preset': ...} with no family, and specs with no stored shape."""
+def test_checkpoint_of_the_format_before_families_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The earliest checkpoints stored {'name': 'cnn', 'preset': ...} with no family: no longer read, said so."""
     payload = real_payload()
-    new = payload["arch"]
-    payload["arch"] = {"name": "cnn", "preset": "lenet_tutorial", "kwargs": new["kwargs"]}
+    payload["arch"] = {"name": "cnn", "preset": "lenet_tutorial", "kwargs": payload["arch"]["kwargs"]}
+    save_checkpoint(payload, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError) as caught:
+        load_model(tmp_path / "old.pt")
+    assert str(caught.value) == (
+        f"{tmp_path / 'old.pt'}: arch names the model 'cnn' but no family: an mnistcli older than checkpoint format 2 "
+        "wrote it, which this version no longer reads; train the model again"
+    )
+
+
+def test_checkpoint_whose_input_spec_has_no_stored_shape_loads(tmp_path: Path) -> None:
+    """Input specs written before the stored shape was recorded: the input size stands for it."""
+    payload = real_payload()
+    payload["input_spec"].pop("stored", None)
     save_checkpoint(payload, tmp_path / "old.pt")
     model, info = load_model(tmp_path / "old.pt")
-    assert info["arch"]["family"] == "tutorial" and info["arch"]["name"] == "lenet_tutorial"
     assert info["input_spec"].stored == (1, 28, 28)
     assert all(torch.equal(v, payload["state_dict"][k]) for k, v in model.state_dict().items())

@@ -16,7 +16,7 @@ import yaml
 
 from mnistcli.config.schema import load_config
 from mnistcli.models.choices import BACKBONES
-from mnistcli.models.families import arch_spec, build_model
+from mnistcli.models.families import arch_of, build_model
 from mnistcli.models.probe import ModelSize, check_fits, probe_model
 from mnistcli.utils.errors import ConfigError, UserError
 from mnistcli.utils.yamlfile import safe_yaml
@@ -261,7 +261,7 @@ def test_cli_reports_every_range_problem_once(tmp_path: Path) -> None:
 
 
 def arch(model: dict[str, Any], in_shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10) -> dict[str, Any]:
-    return arch_spec(load_config({"model": model}).model, list(in_shape), classes)
+    return arch_of(load_config({"model": model}).model, list(in_shape), classes)
 
 
 def probe_refusal(spec: dict[str, Any], in_shape: tuple[int, int, int], batch: int) -> str:

@@ -241,7 +241,7 @@ def test_config_show_prints_the_resolved_config_and_its_difference_from_the_defa
 
 
 def test_models_lists_every_model_with_its_input_and_parameters() -> None:
-    from mnistcli.models.families import arch_spec, build_model
+    from mnistcli.models.families import arch_of, build_model
 
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
@@ -250,7 +250,7 @@ def test_models_lists_every_model_with_its_input_and_parameters() -> None:
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert list(rows) == list(MODELS)
     for name in ("mlp", "cnn", "lenet_tutorial"):  # built for real on the CPU and counted
-        model = build_model(arch_spec(ModelConfig(name=name), [1, 28, 28], 10))
+        model = build_model(arch_of(ModelConfig(name=name), [1, 28, 28], 10))
         assert rows[name] == [MODELS[name].name, "1x28x28", f"{sum(p.numel() for p in model.parameters()):,}"]
     # torchvision's resnet18 has 11,689,512 parameters; its 512x1000 fc becomes a 512x10 head
     assert rows["resnet18"] == ["torchvision", "3x224x224", f"{11_689_512 - 513_000 + 5_130:,}"]

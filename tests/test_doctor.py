@@ -77,7 +77,7 @@ def test_fresh_clone_default_config_would_start(runs: dict[str, Result]) -> None
     from mnistcli.models.families import MODELS, build_model
 
     cfg = load_config(REPO / "configs" / "mnist_cnn.yaml")  # the model as training builds it: MNIST's 10 classes
-    built = build_model(MODELS[cfg.model.name].spec(cfg.model, [1, 28, 28], 10))
+    built = build_model(MODELS[cfg.model.name].arch(cfg.model, [1, 28, 28], 10))
     count = sum(p.numel() for p in built.parameters())
     (model,) = [line for line in out if line.startswith("ok       model: ")]
     assert model.startswith(f"ok       model: cnn, {count:,} parameters, 1x28x28 input; activations about ")

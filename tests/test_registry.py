@@ -281,7 +281,7 @@ def test_stored_config_drops_keys_the_model_does_not_read() -> None:
 
 @pytest.mark.parametrize("name", sorted(families.MODELS))
 def test_every_model_builds_from_a_plain_data_spec(name: str) -> None:
-    spec = families.arch_spec(ModelConfig(name=name), [3, 32, 32], 5)
+    spec = families.arch_of(ModelConfig(name=name), [3, 32, 32], 5)
     assert set(spec) == {"family", "name", "kwargs"} and spec["name"] == name
     assert json.loads(json.dumps(spec)) == spec  # lists, numbers, strings: nothing JSON would change
     assert families.family_of(spec) is families.MODELS[name]
@@ -290,25 +290,10 @@ def test_every_model_builds_from_a_plain_data_spec(name: str) -> None:
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
 
 
-@pytest.mark.parametrize(
-    "old, cfg",
-    [
-        ({"name": "cnn", "preset": "lenet_tutorial"}, ModelConfig(name="lenet_tutorial")),
-        ({"name": "mlp"}, ModelConfig(name="mlp", hidden=[16])),
-        ({"name": "cnn"}, ModelConfig(name="cnn", channels=[4], hidden=[8])),
-        ({"name": "resnet18"}, ModelConfig(name="resnet18")),
-    ],
-    ids=["preset", "mlp", "cnn", "backbone"],
-)
-def test_old_checkpoint_arch_is_upgraded(old: dict[str, object], cfg: ModelConfig) -> None:
-    in_shape = [3, 32, 32] if cfg.name == "resnet18" else [1, 28, 28]
-    today = families.arch_spec(cfg, in_shape, 10)
-    old = {**old, "kwargs": today["kwargs"]}  # older versions wrote the same constructor arguments
-    assert families.family_of(old) is families.MODELS[cfg.name]
-    assert families.upgrade_arch(old) == today
-    assert families.upgrade_arch(today) == today
-    built, again = families.build_model(old), families.build_model(today)
-    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in again.state_dict().items()}
+@pytest.mark.parametrize("old", [{"name": "cnn", "preset": "lenet_tutorial"}, {"name": "mlp"}, {"name": "resnet18"}])
+def test_an_arch_of_the_format_before_families_is_refused_in_one_line(old: dict[str, object]) -> None:
+    with pytest.raises(CheckpointError, match=r"^arch names the model '\w+' but no family: an mnistcli older than"):
+        families.family_of({**old, "kwargs": {}})
 
 
 def test_unknown_arch_is_a_checkpoint_error() -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from mnistcli.config.schema import ModelConfig, load_config
 from mnistcli.data.input_spec import InputSpec
 from mnistcli.data.pipeline import network_input
-from mnistcli.models.families import arch_spec, build_model
+from mnistcli.models.families import arch_of, build_model
 from mnistcli.runs.tensorboard_log import TensorBoardLog
 from mnistcli.utils.errors import ConfigError
 
@@ -50,7 +50,7 @@ def scalars(acc: EventAccumulator, tag: str) -> list[tuple[int, float]]:
 
 
 def tiny_cnn() -> nn.Module:
-    return build_model(arch_spec(ModelConfig(name="cnn", channels=[4], hidden=[8]), [1, 28, 28], 10))
+    return build_model(arch_of(ModelConfig(name="cnn", channels=[4], hidden=[8]), [1, 28, 28], 10))
 
 
 def stored_batch(n: int) -> torch.Tensor:

@@ -132,7 +132,7 @@ def _model_rows() -> list[tuple[str, str, str, str]]:
         side = BACKBONE_SIZE if family.transfer else MNIST_SIDE
         shape = [family.input_channels or 1, side, side]
         with torch.device("meta"):
-            model = build_model(family.spec(ModelConfig(name=name), shape, 10))
+            model = build_model(family.arch(ModelConfig(name=name), shape, 10))
         count = sum(p.numel() for p in model.parameters())
         rows.append((name, family.name, "x".join(map(str, shape)), f"{count:,}"))
     return rows

@@ -1,7 +1,7 @@
 """The model registry: one entry per model family, with everything the rest of mnistcli asks about a model.
 
 Torch-free: config validation reads names and keys here; builders import torch and torchvision only when called.
-A model's architecture spec is `{"family", "name", "kwargs"}`: plain data that rebuilds the module with no config.
+A model's architecture (`arch`) is `{"family", "name", "kwargs"}`: plain data that rebuilds the module with no config.
 """
 
 from __future__ import annotations
@@ -45,16 +45,16 @@ class ModelFamily:
     name: str
     models: tuple[str, ...]  # the `model.name` values this family builds
     keys: frozenset[str]  # dotted config keys this family reads beyond model.name and model.log_softmax
-    arch: Callable[[Any, list[int], int], dict[str, Any]]  # (model section, [C, H, W], classes) -> kwargs
+    kwargs: Callable[[Any, list[int], int], dict[str, Any]]  # (model section, [C, H, W], classes) -> kwargs
     build: Callable[[str, dict[str, Any]], Any]  # (model name, kwargs) -> nn.Module; imports torch when called
     resize: Literal["stretch", "crop"] = "stretch"  # how images of another shape reach the input size
     input_channels: int | None = None  # channels the network insists on (None: the data's own)
     transfer: bool = False  # pretrained weights, a frozen backbone and its own learning rate
     conv: Callable[[str], bool] = field(default=lambda name: True)  # channels-last by default (conv nets)
 
-    def spec(self, model_cfg: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
-        """The rebuildable architecture spec of a config's model section."""
-        kwargs = self.arch(model_cfg, list(in_shape), int(num_classes))
+    def arch(self, model_cfg: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
+        """The rebuildable architecture of a config's model section: plain data."""
+        kwargs = self.kwargs(model_cfg, list(in_shape), int(num_classes))
         return {"family": self.name, "name": model_cfg.name, "kwargs": kwargs}
 
 
@@ -174,28 +174,23 @@ MODELS: dict[str, ModelFamily] = {model: f for f in FAMILIES.values() for model 
 
 
 def family_of(arch: dict[str, Any]) -> ModelFamily:
-    """The family that rebuilds an architecture spec (older checkpoints name only the model)."""
+    """The family that rebuilds an architecture."""
     family = FAMILIES.get(arch.get("family", ""))
-    if family is None:
-        family = MODELS.get(arch.get("preset") or arch.get("name", ""))
-    if family is None:
+    if family is None and "family" not in arch and arch.get("name") in MODELS:  # before the format named families
+        raise CheckpointError(
+            f"arch names the model '{arch.get('name')}' but no family: an mnistcli older than checkpoint format 2 "
+            "wrote it, which this version no longer reads; train the model again"
+        )
+    if family is None or arch.get("name") not in family.models:
         raise CheckpointError(f"unknown model '{arch.get('name')}' in checkpoint; known: {', '.join(sorted(MODELS))}")
     return family
 
 
-def upgrade_arch(arch: dict[str, Any]) -> dict[str, Any]:
-    """A spec from any mnistcli version in today's form: family, model name, kwargs."""
-    if "family" in arch:
-        return arch
-    return {"family": family_of(arch).name, "name": arch.get("preset") or arch["name"], "kwargs": arch["kwargs"]}
-
-
 def build_model(arch: dict[str, Any]) -> Any:
-    """Rebuild a model from its architecture spec (weights are loaded separately)."""
-    arch = upgrade_arch(arch)
+    """Rebuild a model from its architecture (weights are loaded separately)."""
     return family_of(arch).build(arch["name"], arch["kwargs"])
 
 
-def arch_spec(model_cfg: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
-    """The architecture spec of a config's model section, through its family."""
-    return MODELS[model_cfg.name].spec(model_cfg, in_shape, num_classes)
+def arch_of(model_cfg: Any, in_shape: list[int], num_classes: int) -> dict[str, Any]:
+    """The architecture of a config's model section, through its family."""
+    return MODELS[model_cfg.name].arch(model_cfg, in_shape, num_classes)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 from ..utils.errors import UserError
-from .families import build_model, upgrade_arch
+from .families import build_model
 
 GIB = 2**30
 KERNEL = re.compile(r"padded input size per channel: \((\d+) x (\d+)\)")
@@ -157,7 +157,7 @@ def probe_model(
                 raise UserError(f"{where}: cannot be built for a {shape} input: {_first_line(exc)}") from None
             module, seen = tracer.running[-1]
             layer = f"layer {tracer.name(module) or '(the network)'} ({type(module).__name__})"
-            cnn = upgrade_arch(arch)["family"] == "cnn"
+            cnn = arch["family"] == "cnn"
             raise UserError(
                 f"{where}: does not fit a {shape} input: {layer} {_why(exc, module, seen, cnn, not tracer.counting)}"
             ) from None

@@ -17,7 +17,7 @@ from ..config.validate import RANGES
 from ..data.input_spec import CROP_RATIO
 from ..data.records import record_problem
 from ..models.choices import ACTIVATIONS
-from ..models.families import MODELS, build_model, family_of, upgrade_arch
+from ..models.families import MODELS, build_model, family_of
 from ..models.probe import available_bytes, probe_model
 from ..utils.errors import CheckpointError, UserError, no_space, space_errno, unknown_name
 from ..utils.files import temp_file, write_error
@@ -150,7 +150,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     problem = metadata_problem(ckpt)
     if problem:
         raise CheckpointError(f"{path}: {problem}")
-    ckpt["arch"] = upgrade_arch(ckpt["arch"])  # older versions named only the model
     return ckpt
 
 
@@ -357,7 +356,9 @@ def _arch_problem(arch: Any) -> str | None:
         return f"arch is {arch!r}; must be a mapping with the model's name and kwargs"
     try:
         family_of(arch)
-    except CheckpointError:
+    except CheckpointError as exc:
+        if "family" not in arch and arch.get("name") in MODELS:
+            return str(exc)  # an earlier format's: said as such
         return unknown_name("model", str(arch.get("name")), MODELS, where="arch.name")
     kwargs = arch["kwargs"]
     for name, (key, typed) in ARCH_RULES.items():
@@ -377,7 +378,7 @@ def _weights_problem(ckpt: dict[str, Any]) -> str | None:
     state, spec, classes = ckpt.get("state_dict"), ckpt["input_spec"], ckpt["classes"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return "state_dict is not a mapping of names to tensors"
-    arch, shape = upgrade_arch(ckpt["arch"]), [spec["channels"], *spec["size"]]
+    arch, shape = ckpt["arch"], [spec["channels"], *spec["size"]]
     in_shape = arch["kwargs"].get("in_shape", shape)  # backbones take any size: they record none
     if not isinstance(in_shape, (list, tuple)) or list(in_shape) != shape:
         return f"arch.kwargs.in_shape is {in_shape!r} but input_spec gives {shape}; they must match"

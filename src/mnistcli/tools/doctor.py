@@ -172,7 +172,7 @@ def _model(cfg: Config, device: torch.device) -> Check:
         in_shape = (spec.channels, *spec.size)
         classes = DATASETS[cfg.data.name].num_classes(cfg.data) or 2  # unknown before reading: a lower bound
         size = probe_model(
-            MODELS[cfg.model.name].spec(cfg.model, list(in_shape), classes), in_shape, cfg.data.batch_size
+            MODELS[cfg.model.name].arch(cfg.model, list(in_shape), classes), in_shape, cfg.data.batch_size
         )
         check_fits(size, device)
     except UserError as exc:

@@ -44,7 +44,7 @@ def find_lr(
     spec = input_spec(cfg)
     splits, classes = open_splits(cfg, spec, ["train"])
     batches = make_batches(splits["train"], cfg, spec, device, True, num_classes=len(classes))
-    arch = MODELS[cfg.model.name].spec(cfg.model, [spec.channels, *spec.size], len(classes))
+    arch = MODELS[cfg.model.name].arch(cfg.model, [spec.channels, *spec.size], len(classes))
     weights = _pretrained(cfg)
     model = build_run_model(cfg, arch, device, False, weights)
     setup = _setup(cfg, model, device)

@@ -166,7 +166,7 @@ def build_run(
         spec = input_spec(cfg)
         # the architecture and its memory, checked on the meta device before any data is read (2 classes: a bound)
         in_shape = (spec.channels, *spec.size)
-        check_fits(probe_model(family.spec(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size), device)
+        check_fits(probe_model(family.arch(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size), device)
     cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
     with watch("data"):
         records: dict[str, Any] = {}
@@ -191,7 +191,7 @@ def build_run(
             make_batches(splits[s], cfg, spec, device, s == "train", cl, world, num_classes=len(classes))
             for s in splits
         )
-    arch = family.spec(cfg.model, [spec.channels, *spec.size], len(classes))
+    arch = family.arch(cfg.model, [spec.channels, *spec.size], len(classes))
     if ckpt is not None:
         for key, (old, new) in check_resume(ckpt, cfg, arch).items():
             log.info("resuming with %s changed: %r -> %r", key, old, new)
