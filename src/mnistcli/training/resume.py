@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config.schema import Config, load_config
+from ..config.schema import Config
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.folder import BEST, LAST
 from ..utils.distributed import gather
@@ -85,11 +85,13 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def check_resume(ckpt: dict[str, Any], cfg: Config, new_arch: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Refuse a resume that changes the architecture or anything beyond length, lr and placement."""
-    old = load_config(ckpt["config"], stored=True).to_dict()  # both resolved alike, whatever version saved it
-    changes = config_changes(old, cfg.to_dict())
-    if ckpt["arch"] != new_arch:
+def check_resume(
+    old_arch: dict[str, Any], old: Config, cfg: Config, new_arch: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """Refuse a resume that changes the architecture or anything beyond length, lr and placement (`old`: the
+    checkpoint's config, resolved alike whatever version saved it)."""
+    changes = config_changes(old.to_dict(), cfg.to_dict())
+    if old_arch != new_arch:
         model_keys = [k for k in changes if k.startswith(("model.", "data."))] or ["the model's input or classes"]
         raise UserError(
             f"cannot resume: the config changes the model's architecture ({', '.join(model_keys)}); "
@@ -295,9 +297,8 @@ def _restore_rng(run: Run, states: list[dict[str, Any]]) -> None:
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
-    """Put a run back where a checkpoint left it: weights, optimizer, schedule, RNGs, data order, history."""
-    check_training_state(ckpt)
-    check_epochs_left(ckpt, run.cfg)
+    """Put a run back where a checkpoint left it: weights, optimizer, schedule, RNGs, data order, history (its
+    training state was checked by check_training_state before any work)."""
     state = ckpt["resume"]
     if state["unfrozen"]:
         unfreeze(run)

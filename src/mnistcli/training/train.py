@@ -69,9 +69,9 @@ def train(
     device = resolve_device(ddp.device_name(cfg.train.device, world))
     stop = ddp.StopRequest(world, ddp.STOP_CHECK_EVERY_CUDA if device.type == "cuda" else 1)
     try:
-        with ddp.joined(world, cfg, device), _opened(cfg, resume, world) as (folder, run_id, ckpt):
+        with ddp.joined(world, cfg, device), _opened(cfg, resume, world) as (folder, run_id, ckpt, old):
             startup = Stopwatch()  # the phases before the first step; the run's own watch times the rest
-            run, n_train, n_val = build_run(cfg, folder, run_id, ckpt, device, world, stop, startup, display)
+            run, n_train, n_val = build_run(cfg, folder, run_id, ckpt, old, device, world, stop, startup, display)
             tb = cfg.train.tensorboard and world.main
             # on cached features the steps' inputs are not images: no input grid, no graph of the whole network
             cached = run.image_batches is not None
@@ -113,33 +113,35 @@ def train(
 
 
 @contextlib.contextmanager
-def _opened(cfg: Config, resume: str | Path | None, world: ddp.World) -> Iterator[tuple[Path, str, Any]]:
-    """The run folder, locked by rank 0 for the whole run, with the run's id and the checkpoint it resumes from
-    (checked whole before any work); rank 0 tells the other ranks the id (None: the start failed)."""
+def _opened(cfg: Config, resume: str | Path | None, world: ddp.World) -> Iterator[tuple[Path, str, Any, Any]]:
+    """The run folder, locked by rank 0 for the whole run, with the run's id, the checkpoint it resumes from
+    (checked whole before any work) and that run's config; rank 0 tells the other ranks the id (None: the start
+    failed)."""
     told = not world.active
     try:
         folder, source = run_folder(cfg, resume)
         if folder != run_dir(cfg):  # a resume in its checkpoint's folder: config.yaml says where the run is
             cfg.output.dir = str(folder)
         ckpt = load_checkpoint(source) if source is not None else None
-        if ckpt is not None:
+        old = load_config(ckpt["config"], stored=True) if ckpt is not None else None  # resolved as today's
+        if ckpt is not None and old is not None:
             check_training_state(ckpt)
             check_epochs_left(ckpt, cfg)
             # the validation split is drawn as the run first drew it (runs older than the stratified draw kept none)
-            cfg.data.val_by_class = load_config(ckpt["config"], stored=True).data.val_by_class
+            cfg.data.val_by_class = old.data.val_by_class
         if not world.main:
             told = True
             run_id = ddp.broadcast(None)
             if run_id is None:
                 raise ddp.RankExit(2)
-            yield folder, run_id, ckpt
+            yield folder, run_id, ckpt, old
             return
         with claimed(folder, run_id_of(ckpt), source, cfg.output.overwrite) as run_id:
             if ckpt is not None and source is not None:
                 repair_best(folder, ckpt, source)
             if not told:
                 told = ddp.broadcast(run_id) is not None
-            yield folder, run_id, ckpt
+            yield folder, run_id, ckpt, old
     except BaseException:
         if not told:
             ddp.broadcast(None)
@@ -151,26 +153,27 @@ def build_run(
     out: Path,
     run_id: str,
     ckpt: dict[str, Any] | None,
+    old: Config | None,
     device: torch.device,
     world: ddp.World,
     stop: ddp.StopRequest,
     watch: Stopwatch,
     progress: Display | bool = False,
 ) -> tuple[Run, int, int]:
-    """The run's checks, data, model and optimizer (timed by phase), restored from `ckpt` when resuming, on a frozen
-    backbone's cached features where exact; with its training and validation sizes."""
+    """The run's checks, data, model and optimizer (timed by phase), restored from `ckpt` (made with the config
+    `old`) when resuming, on a frozen backbone's cached features where exact; with its training and validation
+    sizes."""
     with watch("checks"):
         seed_everything(cfg.seed, cfg.train.deterministic)
         fast_math(device, cfg.train.deterministic)
-        family = MODELS[cfg.model.name]
-        spec = input_spec(cfg)
-        # the architecture and its memory, checked on the meta device before any data is read (2 classes: a bound)
-        in_shape = (spec.channels, *spec.size)
-        check_fits(probe_model(family.arch(cfg.model, list(in_shape), 2), in_shape, cfg.data.batch_size), device)
-    cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
+    family, spec = MODELS[cfg.model.name], input_spec(cfg)
     with watch("data"):
         records: dict[str, Any] = {}
         splits, classes = open_splits(cfg, spec, ["train", "val"], records=records)  # data before missing weights
+    arch = family.arch(cfg.model, [spec.channels, *spec.size], len(classes))
+    with watch("checks"):  # the architecture and its memory, on the meta device, before weights or batches
+        in_shape = (spec.channels, *spec.size)
+        check_fits(probe_model(arch, in_shape, cfg.data.batch_size), device)
     if ckpt is not None:  # the validation split is drawn from the same files, or a trained image could land in it
         check_unchanged(
             ckpt.get("splits") or {},
@@ -186,15 +189,15 @@ def build_run(
         with watch("weights"):
             weights = fetch_pretrained(cfg.model.name, cfg.model.weights_path)
     n_train, n_val = (len(src[1]) if isinstance(src, tuple) else len(src) for src in splits.values())
+    cl = cfg.train.channels_last if cfg.train.channels_last is not None else family.conv(cfg.model.name)
     with watch("data"):
         batches = tuple(
             make_batches(splits[s], cfg, spec, device, s == "train", cl, world, num_classes=len(classes))
             for s in splits
         )
-    arch = family.arch(cfg.model, [spec.channels, *spec.size], len(classes))
-    if ckpt is not None:
-        for key, (old, new) in check_resume(ckpt, cfg, arch).items():
-            log.info("resuming with %s changed: %r -> %r", key, old, new)
+    if ckpt is not None and old is not None:
+        for key, (was, now) in check_resume(ckpt["arch"], old, cfg, arch).items():
+            log.info("resuming with %s changed: %r -> %r", key, was, now)
     counts = None
     if cfg.loss.class_weights is not None:  # training images per class, for the loss's weights
         counts = torch.bincount(targets_of(splits["train"]), minlength=len(classes)).tolist()
