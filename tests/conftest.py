@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,16 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _mnistcli_logger_as_it_was() -> Iterator[None]:
+    """A command run in-process (typer's CliRunner) points mnistcli's logger at the runner's stream, which closes
+    when the command ends; put the logger back, so later tests log to pytest again."""
+    logger = logging.getLogger("mnistcli")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -126,7 +126,6 @@ def _opened(cfg: Config, resume: str | Path | None, world: ddp.World) -> Iterato
         old = load_config(ckpt["config"], stored=True) if ckpt is not None else None  # resolved as today's
         if ckpt is not None and old is not None:
             check_training_state(ckpt)
-            check_epochs_left(ckpt, cfg)
             # the validation split is drawn as the run first drew it (runs older than the stratified draw kept none)
             cfg.data.val_by_class = old.data.val_by_class
         if not world.main:
@@ -138,7 +137,8 @@ def _opened(cfg: Config, resume: str | Path | None, world: ddp.World) -> Iterato
             return
         with claimed(folder, run_id_of(ckpt), source, cfg.output.overwrite) as run_id:
             if ckpt is not None and source is not None:
-                repair_best(folder, ckpt, source)
+                repair_best(folder, ckpt, source)  # a kill's gap mended, even when no epoch is left to train
+                check_epochs_left(ckpt, cfg)
             if not told:
                 told = ddp.broadcast(run_id) is not None
             yield folder, run_id, ckpt, old
