@@ -73,8 +73,8 @@ def test_the_python_api_is_not_silent(tmp_path: Path) -> None:
     progress lines only."""
     code = (
         "import mnistcli\n"
-        f"cfg = {dict(BASE, data=dict(BASE['data'], fake_size=3000, batch_size=8), train={'epochs': 1})!r}\n"
-        "mnistcli.train(cfg, out=OUT, log_every=0.2, progress=MODE)\n"
+        f"cfg = {dict(BASE, data=dict(BASE['data'], fake_size=1000, batch_size=8), train={'epochs': 1})!r}\n"
+        "mnistcli.train(cfg, out=OUT, log_every=0.01, progress=MODE)\n"
     )
     loud = subprocess.run(
         [sys.executable, "-c", code.replace("OUT", repr(str(tmp_path / "a"))).replace("MODE", "'auto'")],

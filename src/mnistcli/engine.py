@@ -20,14 +20,18 @@ from .utils.progress import Display, Progress
 SEND_EVERY = 16  # steps whose losses are copied to the host together: one small copy, which the host never waits on
 
 
-def nonfinite_error(value: float, epoch: int, batch: int) -> UserError:
+class NonFiniteLoss(UserError):
+    """A run stopped by a non-finite loss; under torchrun this rank's own finding, said by it."""
+
+    own = True
+
+
+def nonfinite_error(value: float, epoch: int, batch: int) -> NonFiniteLoss:
     """The one line for a run stopped by a non-finite loss."""
-    error = UserError(
+    return NonFiniteLoss(
         f"non-finite loss ({value}) at epoch {epoch}, batch {batch}: training stopped, the last good "
         "checkpoint is kept; lower optimizer.lr, set train.grad_clip, or set train.on_nan: skip"
     )
-    error.own = True  # under torchrun: this rank's own finding, said by it (not a copy of rank 0's)
-    return error
 
 
 class NonFiniteWatch:

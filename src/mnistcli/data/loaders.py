@@ -95,8 +95,15 @@ class DeviceBatches:
     batch's mean when the last batch does not split evenly."""
 
     def __init__(
-        self, loader: Any, transform: BatchTransform, device: torch.device, seed: int, world: World = SINGLE
+        self,
+        loader: Any,
+        transform: BatchTransform,
+        device: torch.device,
+        seed: int,
+        world: World = SINGLE,
+        mix: BatchMix | None = None,
     ) -> None:
+        """`mix`: mixup/cutmix of training batches, whose labels become soft targets."""
         self.loader, self.transform, self.device, self.world = loader, transform, device, world
         self.sharded = isinstance(loader, DataLoader) and isinstance(loader.batch_sampler, ShardBatches)
         sampler = loader.batch_sampler if self.sharded else loader
@@ -106,7 +113,7 @@ class DeviceBatches:
         self.dataset_size = self.order.n
         self.loss_weight, self.left = 1.0, 0
         self.reported: set[str] = set()  # files already warned about: each once per run
-        self.mix: BatchMix | None = None  # training batches under mixup/cutmix: labels become soft targets
+        self.mix = mix
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -363,7 +370,4 @@ def make_batches(
     mixed = train and transform is None and bool(aug.mixup or aug.cutmix)
     if transform is None:
         transform = BatchTransform(spec, aug if train else None, channels_last)
-    batches = DeviceBatches(loader, transform, device, cfg.seed, world)
-    if mixed:
-        batches.mix = BatchMix(aug, num_classes)
-    return batches
+    return DeviceBatches(loader, transform, device, cfg.seed, world, BatchMix(aug, num_classes) if mixed else None)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .errors import UserError
+from .errors import RunFailure, UserError
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +231,14 @@ class RankExit(UserError):
         self.exit_code = exit_code
 
 
-def lost_rank(world: World, exc: BaseException) -> UserError:
+def lost_rank(world: World, exc: BaseException) -> RunFailure:
     """A collective that failed: another rank died or stopped answering within train.dist_timeout."""
     text = " ".join(str(exc).split())
     detail = re.sub(r"^\[[^]]*\] ?", "", text).split(". ")[0][:120] or type(exc).__name__  # no source path
-    error = UserError(
+    return RunFailure(
         f"rank {world.rank} of {world.size}: lost contact with another rank ({detail}); stopping "
         "(the launcher names the rank that failed)"
     )
-    error.exit_code = 1
-    return error
 
 
 def _lost_contact(exc: BaseException) -> bool:
@@ -261,7 +259,7 @@ def rank0_speaks(world: World) -> Iterator[None]:
     except UserError as exc:
         if world.main or isinstance(exc, RankExit):
             raise
-        if getattr(exc, "own", False):  # not what every rank finds alike (a config): this rank says it
+        if exc.own:  # not what every rank finds alike (a config): this rank says it
             raise UserError(f"rank {world.rank} of {world.size}: {exc}") from None
         _wait_for_rank0()
         raise RankExit(exc.exit_code) from None
@@ -335,7 +333,6 @@ def launch(nproc: int, args: list[str]) -> int:
         )
         if first.exitcode >= 0:
             return first.exitcode
-        error = UserError(f"rank {rank} of {nproc} was killed by {first.signal_name()}; the other ranks stopped")
-        error.exit_code = 1
-        raise error from None
+        killed = f"rank {rank} of {nproc} was killed by {first.signal_name()}; the other ranks stopped"
+        raise RunFailure(killed) from None
     return 0

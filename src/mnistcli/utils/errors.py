@@ -13,9 +13,17 @@ NO_SPACE = {errno.ENOSPC: "no space left on the device", getattr(errno, "EDQUOT"
 
 
 class UserError(Exception):
-    """A problem with the user's input: the CLI prints its message and exits with code 2, no traceback."""
+    """A problem with the user's input: the CLI prints its message and exits with code 2, no traceback. `own`:
+    under torchrun, a finding of this rank alone (said by it), not one every rank meets alike (said by rank 0)."""
 
     exit_code = 2
+    own = False
+
+
+class RunFailure(UserError):
+    """A run that could not go on for a reason outside the user's input (a rank lost or killed): exit code 1."""
+
+    exit_code = 1
 
 
 class ConfigError(UserError):
