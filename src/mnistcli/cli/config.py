@@ -74,8 +74,7 @@ def validate(
 ) -> None:
     """Check configs as `train` does before any work, without training: `ok: FILE`, or each of its problems in one
     line; exit code 2 when any file has a problem (for CI and pre-commit hooks)."""
-
-    def work() -> int:
+    with user_errors():
         from ..config.schema import load_config
         from ..utils.errors import ConfigError
 
@@ -91,10 +90,6 @@ def validate(
                 typer.echo(f"ok: {path}")
         if bad and len(configs) > 1:
             typer.echo(f"error: {bad} of {len(configs)} configs have problems", err=True)
-        return bad
-
-    with user_errors():
-        bad = work()
     if bad:
         raise typer.Exit(2)
 
@@ -187,13 +182,10 @@ def doctor(
     starts, one line per check. Exit code 0 only when the config would start."""
     setup_logging(True)
 
-    def work() -> list[Any]:
+    with user_errors():
         from ..tools.doctor import run_checks
 
-        return run_checks(config, list(set_ or []))
-
-    with user_errors():
-        checks = work()
+        checks = run_checks(config, list(set_ or []))
     for check in checks:
         typer.echo(check.line())
     problems = sum(not c.ok for c in checks)

@@ -34,14 +34,11 @@ def data_show(
     the class counts per split."""
     setup_logging(False)
 
-    def work() -> dict[str, Any]:
+    with user_errors():
         import_torch()
         from ..tools.data_show import show_data
 
-        return show_data(config, list(set_ or []), split, out, n=images, replace=replace)
-
-    with user_errors():
-        res = work()
+        res = show_data(config, list(set_ or []), split, out, n=images, replace=replace)
     for name, counts in res["counts"].items():
         typer.echo(f"{name}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     typer.echo(f"wrote {res['out']}")
@@ -56,14 +53,11 @@ def data_audit(
     """Class counts, image sizes and modes, unreadable files, and exact duplicates within and across splits."""
     setup_logging(as_json)
 
-    def work() -> dict[str, Any]:
+    with user_errors():
         import_torch()
         from ..tools.data_audit import audit_data
 
-        return audit_data(config, list(set_ or []))
-
-    with user_errors():
-        res = work()
+        res = audit_data(config, list(set_ or []))
     typer.echo(json.dumps(res, indent=None if as_json else 2, default=str))
 
 
@@ -88,14 +82,10 @@ def data_status(
 ) -> None:
     """Each dataset's files under the data root, checked against the published checksums: verified, present
     (no published checksum to check), partial, corrupt or missing, with what to do about it."""
-
-    def work() -> list[dict[str, Any]]:
+    with user_errors():
         from ..data.store import idx_datasets, status
 
-        return [status(name, root) for name in idx_datasets()]
-
-    with user_errors():
-        found = work()
+        found = [status(name, root) for name in idx_datasets()]
     if as_json:
         typer.echo(json.dumps({"root": str(root), "datasets": found}))
         return
@@ -117,14 +107,10 @@ def data_import(
     each against the published checksums; a file that is another dataset's is refused naming it, one no checksum
     vouches for needs --unverified, and a file that is there is never replaced. Exit code 2 when anything was
     refused or is missing."""
-
-    def work() -> tuple[list[str], list[str]]:
+    with user_errors():
         from ..data.importer import import_dataset
 
-        return import_dataset(src, dataset, root, unverified)
-
-    with user_errors():
-        done, problems = work()
+        done, problems = import_dataset(src, dataset, root, unverified)
     for line in done:
         typer.echo(line)
     for line in problems:

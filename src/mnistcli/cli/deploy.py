@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -50,16 +49,13 @@ def export(
     code."""
     setup_logging(False)
 
-    def work() -> dict[str, Any]:
+    with user_errors():
         import_torch()
         file_arg(ckpt, "--ckpt")
         file_arg(out, "--out")
         from ..deploy.export import export_checkpoint
 
-        return export_checkpoint(ckpt, fmt, out, input_kind, check_images, device, tta)
-
-    with user_errors():
-        res = work()
+        res = export_checkpoint(ckpt, fmt, out, input_kind, check_images, device, tta)
     meta, check = res["metadata"], res["check"]
     inp, outp = meta["input"], meta["output"]
     opset = f", opset {meta['versions']['onnx_opset']}" if "onnx_opset" in meta["versions"] else ""
@@ -119,8 +115,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
 ) -> None:
     """Predicted class and top-k probabilities for each image, from the checkpoint alone or an exported model."""
-
-    def work() -> list[dict[str, Any]]:
+    with user_errors():
         for path, option in ((ckpt, "--ckpt"), (model, "--model"), (output, "--output"), (show_input, "--show-input")):
             file_arg(path, option)
         if output is not None and as_json:
@@ -134,10 +129,6 @@ def predict(
         )
         if target is not None:
             write_output(results, target)
-        return results
-
-    with user_errors():
-        results = work()
     if output is not None:
         typer.echo(f"wrote {len(results)} row(s) to {output}")
     for res in results:

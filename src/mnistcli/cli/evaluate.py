@@ -72,7 +72,7 @@ def eval_(
         _compare(ckpt, split, data_root, device, as_json)
         return
 
-    def work() -> tuple[dict[str, Any], Path | None]:
+    with user_errors():
         import_torch()
         if report is not None and no_report:
             raise UserError("--report and --no-report: give one of them")
@@ -86,10 +86,7 @@ def eval_(
         if calibrate:
             _calibrate(ckpt[0], data_root, device, as_json)
         bar = not as_json and sys.stderr.isatty()
-        return _evaluate(ckpt[0], split, data_root, device, plots, bar, tta, replace), path
-
-    with user_errors():
-        res, path = work()
+        res = _evaluate(ckpt[0], split, data_root, device, plots, bar, tta, replace)
     if os.environ.get("RANK", "0") != "0":
         return
     if as_json:
@@ -221,15 +218,11 @@ def report_lines(res: dict[str, Any]) -> list[str]:
 
 def _compare(ckpts: list[Path], split: str, data_root: Path | None, device: str, as_json: bool) -> None:
     """Two checkpoints on the same images: accuracies, disagreements, McNemar's exact test."""
-
-    def work() -> dict[str, Any]:
+    with user_errors():
         import_torch()
         from ..evaluation.scores import compare_checkpoints
 
-        return compare_checkpoints(ckpts[0], ckpts[1], split, data_root, device)
-
-    with user_errors():
-        res = work()
+        res = compare_checkpoints(ckpts[0], ckpts[1], split, data_root, device)
     if as_json:
         typer.echo(json.dumps(res))
         return

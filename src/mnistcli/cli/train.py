@@ -188,7 +188,7 @@ def lr_find(
     rate where it falls fastest as the suggestion. Writes no run folder; the weights it trains are dropped."""
     setup_logging(False)
 
-    def work() -> dict:
+    with user_errors():
         import_torch()
         if out.name in ("", ".", ".."):
             raise UserError(f"--out {out}: not a file name; give a PNG file, e.g. --out lr_find.png")
@@ -198,10 +198,7 @@ def lr_find(
             check_target(out, "lr-find", replace)  # before the test runs
         from ..training.lr_find import find_lr
 
-        return find_lr(config, list(overrides), steps, start, end)
-
-    with user_errors():
-        res = work()
+        res = find_lr(config, list(overrides), steps, start, end)
     typer.echo(
         f"suggested lr {res['suggestion']:.3g} (lowest loss at {res['lowest']:.3g}; a tenth of that, "
         f"{res['lowest'] / 10:.3g}, is a safer pick) for {res['optimizer']}: --set optimizer.lr={res['suggestion']:.3g}"
