@@ -18,10 +18,10 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forkserver import mnistcli as forked
 from typer.main import get_command
 
 from mnistcli.cli.app import app
@@ -111,9 +111,7 @@ def test_a_wrong_option_in_a_doc_would_be_found() -> None:
 
 
 def run(clone: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "mnistcli", *argv], cwd=clone, capture_output=True, text=True, timeout=600
-    )
+    proc = forked(*argv, cwd=clone, timeout=600)
     assert proc.returncode == 0, (argv, proc.stdout, proc.stderr)
     return proc
 

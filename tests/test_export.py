@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from forkserver import mnistcli as forked
 from PIL import Image
 
 from mnistcli import predict as api_predict
@@ -52,8 +53,7 @@ print(json.dumps({"probs": probs, "imported": [m for m in ("torch", "mnistcli") 
 
 def mnistcli(*args: object, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess."""
-    cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
+    return forked(*args, cwd=cwd, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from forkserver import mnistcli as forked
 
 from mnistcli.config.schema import Config, load_config
 from mnistcli.training.train import train
@@ -32,8 +32,7 @@ COMMANDS = [
 
 
 def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=120)
+    return forked(*args, cwd=cwd, timeout=120)
 
 
 def test_no_option_or_argument_shows_a_python_type_and_arguments_are_named_in_capitals() -> None:

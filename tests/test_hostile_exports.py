@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forkserver import mnistcli as forked
 from PIL import Image
 
 from mnistcli.deploy.export import export_checkpoint
@@ -34,8 +34,7 @@ BASE = {
 
 
 def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return forked(*args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import make_image_folder
+from forkserver import mnistcli as forked
 from PIL import Image
 
 import mnistcli
@@ -57,8 +58,7 @@ def config(data: dict[str, Any]) -> dict[str, Any]:
 
 def mnistcli_run(*args: object) -> subprocess.CompletedProcess[str]:
     """The real command in a fresh process."""
-    cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    return forked(*args, cwd=REPO, timeout=120)
 
 
 def error_lines(stderr: str) -> list[str]:

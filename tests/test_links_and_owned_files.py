@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from forkserver import mnistcli as forked
 from PIL import Image
 
 from mnistcli.data.datasets import _decompress_idx
@@ -35,8 +36,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=ENV, timeout=300)
+    return forked(*args, cwd=cwd, env=ENV, timeout=300)
 
 
 def config(folder: Path, cfg: dict | None = None) -> Path:

@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO, write_idx
+from forkserver import mnistcli as forked
 from torchvision import datasets
 
 from mnistcli.data.datasets import MNIST_FILES
@@ -27,7 +27,7 @@ REAL_MNIST = SHARED if SHARED.is_dir() else REPO / "data" / "MNIST" / "raw"
 
 def mnistcli(*args: str) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess, from the repository root."""
-    return subprocess.run([sys.executable, "-m", "mnistcli", *args], capture_output=True, text=True, cwd=REPO)
+    return forked(*args, cwd=REPO)
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -7,10 +7,10 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forkserver import mnistcli as forked
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "run_v0"
@@ -19,7 +19,7 @@ DATA = REPO / "data"  # the real MNIST the repository ships; the fixture was tra
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """The real console script, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "mnistcli", *args], capture_output=True, text=True)
+    return forked(*args)
 
 
 @pytest.fixture()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forkserver import mnistcli as forked
 from PIL import Image
 
 from mnistcli.data.preprocess import READABLE_MODES, convert, open_image
@@ -38,8 +38,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def mnistcli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the real CLI; the timeout turns a hang into a failure."""
-    cmd = [sys.executable, "-m", "mnistcli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return forked(*args, cwd=REPO, timeout=timeout)
 
 
 def photo(path: Path, seed: int, fmt: str = "PNG") -> bytes:

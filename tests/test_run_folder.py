@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from forkserver import mnistcli as forked
 
 from mnistcli.training.train import train
 from mnistcli.utils.errors import ConfigError, UserError
@@ -29,7 +30,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mnistcli", *args], capture_output=True, text=True, cwd=cwd, env=ENV)
+    return forked(*args, cwd=cwd, env=ENV)
 
 
 def write_config(folder: Path, cfg: dict, name: str = "exp.yaml") -> Path:

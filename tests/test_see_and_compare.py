@@ -6,12 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forkserver import mnistcli as forked
 from PIL import Image
 
 from mnistcli.training.train import train
@@ -24,7 +24,7 @@ TINY = {
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mnistcli", *args], capture_output=True, text=True, cwd=cwd)
+    return forked(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
