@@ -31,6 +31,7 @@ for line in requests:
     if pid == 0:
         code = 1
         try:
+            os.close(replies.fileno())  # the command's processes never hold the server's reply pipe
             os.chdir(req["cwd"])
             os.environ.clear()
             os.environ.update(req["env"])
