@@ -40,8 +40,6 @@ def user_errors() -> Iterator[None]:
             raise
         say(f"error: {too_long(exc.filename or '')}")
         raise typer.Exit(2) from None
-    except typer.Exit:
-        raise
     except Exception as exc:
         line = broken_install(exc)  # torch or torchvision that cannot be imported: the user's install to mend
         if line is None:

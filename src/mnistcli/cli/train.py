@@ -156,11 +156,11 @@ def plot(
             if not (folder / "metrics.csv").is_file():
                 raise UserError(f"{folder}: no metrics.csv here; give run folders written by `mnistcli train`")
         if out is not None:
-            target, replace = out, "curves"  # an earlier curves picture, never anything else
+            target, replace = out, True  # an earlier curves picture, never anything else
         elif len(runs) == 1:
-            target, replace = runs[0] / "curves.png", True  # the run's own picture
+            target, replace = runs[0] / "curves.png", "own"  # the run's own picture
         else:
-            target, replace = Path("curves.png"), "curves"
+            target, replace = Path("curves.png"), True
         return save_curves(list(runs), target, replace)
 
     with user_errors():
@@ -209,7 +209,7 @@ def lr_find(
             return None
         from ..runs.plots import lr_find_figure, save_figure
 
-        return save_figure(lr_find_figure(res), out, "lr-find", replace and "lr-find")
+        return save_figure(lr_find_figure(res), out, "lr-find", replace)
 
     with user_errors():
         drawn = draw()

@@ -173,11 +173,15 @@ FAMILIES: dict[str, ModelFamily] = {
 MODELS: dict[str, ModelFamily] = {model: f for f in FAMILIES.values() for model in f.models}
 
 
+class FormatTooOld(CheckpointError):
+    """An architecture from before checkpoints named the model's family."""
+
+
 def family_of(arch: dict[str, Any]) -> ModelFamily:
     """The family that rebuilds an architecture."""
     family = FAMILIES.get(arch.get("family", ""))
     if family is None and "family" not in arch and arch.get("name") in MODELS:  # before the format named families
-        raise CheckpointError(
+        raise FormatTooOld(
             f"arch names the model '{arch.get('name')}' but no family: an mnistcli older than checkpoint format 2 "
             "wrote it, which this version no longer reads; train the model again"
         )

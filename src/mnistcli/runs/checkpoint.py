@@ -17,7 +17,7 @@ from ..config.validate import RANGES
 from ..data.input_spec import CROP_RATIO
 from ..data.records import record_problem
 from ..models.choices import ACTIVATIONS
-from ..models.families import MODELS, build_model, family_of
+from ..models.families import MODELS, FormatTooOld, build_model, family_of
 from ..models.probe import available_bytes, probe_model
 from ..utils.errors import CheckpointError, UserError, no_space, space_errno, unknown_name
 from ..utils.files import temp_file, write_error
@@ -356,9 +356,9 @@ def _arch_problem(arch: Any) -> str | None:
         return f"arch is {arch!r}; must be a mapping with the model's name and kwargs"
     try:
         family_of(arch)
-    except CheckpointError as exc:
-        if "family" not in arch and arch.get("name") in MODELS:
-            return str(exc)  # an earlier format's: said as such
+    except FormatTooOld as exc:
+        return str(exc)
+    except CheckpointError:
         return unknown_name("model", str(arch.get("name")), MODELS, where="arch.name")
     kwargs = arch["kwargs"]
     for name, (key, typed) in ARCH_RULES.items():

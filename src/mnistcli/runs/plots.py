@@ -57,8 +57,8 @@ MARK = "mnistcli"  # the PNG text key that says which kind of picture mnistcli m
 def save_figure(fig: Any, out: Path, kind: str, replace: bool | str = False) -> Path:
     """Write a figure as PNG, whole (through a temporary file), marked as mnistcli's picture of `kind`.
 
-    An existing file at `out` is replaced only where the caller says it may be: `replace=True` for a run's own file
-    in its folder, `replace=KIND` for an earlier picture of that kind that mnistcli made (its mark is read back);
+    An existing file at `out` is replaced only where the caller says it may be: `replace=True` for an earlier
+    picture of `kind` that mnistcli made (its mark is read back), `replace="own"` for a run's own file in its folder;
     anything else there (a photo, a checkpoint, a link) is left as it is, in one line. A link is never written
     through."""
     out = Path(out)
@@ -69,10 +69,9 @@ def save_figure(fig: Any, out: Path, kind: str, replace: bool | str = False) -> 
     if os.path.lexists(out):
         if out.is_symlink() or not plain_file(out):
             raise UserError(f"{out}: exists and is {_what(out)}; it is not replaced; give another file")
-        if replace is not True and (replace is False or picture_kind(out) != replace):
-            raise UserError(
-                f"{out}: exists and is not {_article(replace)} mnistcli made; it is not replaced; give another file"
-            )
+        if replace != "own" and (not replace or picture_kind(out) != kind):
+            what = f"a {kind} picture" if replace else "a picture"
+            raise UserError(f"{out}: exists and is not {what} mnistcli made; it is not replaced; give another file")
         write_atomic(out, buf.getvalue())
     else:
         write_new(out, buf.getvalue(), f"{out}: a file of that name appeared while drawing; it was not replaced")
@@ -97,11 +96,6 @@ def check_target(out: Path, kind: str, replace: bool, option: str = "--out") -> 
 def _what(path: Path) -> str:
     """What a name that is not a plain file is, for a refusal."""
     return "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a plain file"
-
-
-def _article(replace: bool | str) -> str:
-    """'a <kind> picture', for a refusal."""
-    return f"a {replace} picture" if isinstance(replace, str) else "a picture"
 
 
 def picture_kind(path: Path) -> str | None:
@@ -250,7 +244,7 @@ def _line(style: str, markers: bool, hollow: bool = False, **kwargs: Any) -> Any
     return require("matplotlib.lines", "plots").Line2D([], [], linestyle=style, **{"color": "gray", **kwargs})
 
 
-def save_curves(runs: list[Path], out: Path, replace: bool | str = "curves") -> Path:
+def save_curves(runs: list[Path], out: Path, replace: bool | str = True) -> Path:
     """Draw the training curves of one or more run folders (their metrics.csv) into the PNG file `out`."""
     return save_figure(curves_figure([Path(r) for r in runs]), out, "curves", replace)
 
@@ -292,7 +286,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Any:
 
 def save_confusion_matrix(matrix: np.ndarray, classes: list[str], out: Path, replace: bool = False) -> Path:
     """Draw a confusion matrix (rows: true class, columns: predicted) into the PNG file `out`."""
-    return save_figure(confusion_figure(matrix, classes), out, CONFUSION, replace and CONFUSION)
+    return save_figure(confusion_figure(matrix, classes), out, CONFUSION, replace)
 
 
 def mistakes_figure(
@@ -335,7 +329,7 @@ def save_mistakes(
 ) -> Path:
     """Draw the most confident wrong predictions (the caller sorts them) into the PNG file `out`, at most 36, and say
     how many there are in all (`total`)."""
-    return save_figure(mistakes_figure(images, true, pred, prob, total), out, MISTAKES, replace and MISTAKES)
+    return save_figure(mistakes_figure(images, true, pred, prob, total), out, MISTAKES, replace)
 
 
 def reliability_figure(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> Any:
@@ -377,7 +371,7 @@ def save_reliability(
     confidences: np.ndarray, correct: np.ndarray, out: Path, bins: int = 15, replace: bool = False
 ) -> Path:
     """Draw the reliability diagram of top-class confidences and whether each was right into the PNG file `out`."""
-    return save_figure(reliability_figure(confidences, correct, bins), out, RELIABILITY, replace and RELIABILITY)
+    return save_figure(reliability_figure(confidences, correct, bins), out, RELIABILITY, replace)
 
 
 # ---- the learning-rate range test -----------------------------------------------------------------------------

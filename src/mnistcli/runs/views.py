@@ -79,7 +79,7 @@ class RunViews:
         try:
             from .plots import save_curves
 
-            save_curves([self.out], self.out / CURVES, replace=True)  # the run's own file
+            save_curves([self.out], self.out / CURVES, replace="own")  # the run's own file
         except UserError as exc:  # the plots extra is not installed
             self.curves = False
             log.info("no %s: %s", CURVES, exc)

@@ -118,7 +118,7 @@ def show_data(
     check_target(path, SAMPLES, replace)  # before any work
     _check_folder(path)
     fig, counts = sample_figure(source, overrides, split, n)
-    save_figure(fig, path, SAMPLES, SAMPLES if replace else False)  # the caller says where it went
+    save_figure(fig, path, SAMPLES, replace)  # the caller says where it went
     return {"out": str(path), "counts": counts}
 
 

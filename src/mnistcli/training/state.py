@@ -177,13 +177,13 @@ def unfreeze(run: Run) -> None:
     params = [p for n, p in run.model.named_parameters() if n.startswith("backbone.")]
     run.setup.optimizer.add_param_group({"params": params, "lr": lr, "name": "backbone"})
     run.schedule.add_group(run.setup.optimizer.param_groups[-1], lr / run.cfg.optimizer.lr)
-    if run.image_batches is not None:
+    on_features = run.image_batches is not None
+    if on_features:
         images, _ = run.image_batches
         images.load_state(run.train_batches.state())
         run.train_batches, run.val_batches = run.image_batches
         run.image_batches = None
-        run.step_model = step_model_of(run.model, run.cfg, run.world, run.device)
-    elif run.world.active:  # DDP reduces the parameters that trained when it was built: build it again
+    if on_features or run.world.active:  # the whole network again; DDP reduces only what trained when it was built
         run.step_model = step_model_of(run.model, run.cfg, run.world, run.device)
     log.info("backbone unfrozen (lr %.3g)", lr)
 

@@ -122,9 +122,10 @@ def _opened(cfg: Config, resume: str | Path | None, world: ddp.World) -> Iterato
         folder, source = run_folder(cfg, resume)
         if folder != run_dir(cfg):  # a resume in its checkpoint's folder: config.yaml says where the run is
             cfg.output.dir = str(folder)
-        ckpt = load_checkpoint(source) if source is not None else None
-        old = load_config(ckpt["config"], stored=True) if ckpt is not None else None  # resolved as today's
-        if ckpt is not None and old is not None:
+        ckpt = old = None
+        if source is not None:
+            ckpt = load_checkpoint(source)
+            old = load_config(ckpt["config"], stored=True)  # resolved as today's config is
             check_training_state(ckpt)
             # the validation split is drawn as the run first drew it (runs older than the stratified draw kept none)
             cfg.data.val_by_class = old.data.val_by_class
